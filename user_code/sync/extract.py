@@ -1,0 +1,240 @@
+"""Postgres -> Arrow record batches: the catalog, the snapshot and the cursor query."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+import adbc_driver_manager
+import adbc_driver_postgresql
+import adbc_driver_postgresql.dbapi as adbc
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from user_code.sync.errors import ConnectionFailed, SyncError, describe_url, redact
+from user_code.sync.types import ColumnMapping, PgColumn, PgType, map_column
+from user_code.sync.watermark import as_utc
+
+# Arrow batches of about this size stream from Postgres' COPY output: memory stays bounded
+# whatever the table size.
+BATCH_SIZE_HINT_BYTES = 32 * 1024 * 1024
+_BATCH_SIZE_OPTION = adbc_driver_postgresql.StatementOptions.BATCH_SIZE_HINT_BYTES.value
+
+_TYPES_SQL = """
+SELECT oid::bigint, typname::text, typtype::text, typbasetype::bigint, typtypmod,
+       typelem::bigint, typcategory::text, typnotnull
+FROM pg_catalog.pg_type
+"""
+
+_COLUMNS_SQL = """
+SELECT attname::text, atttypid::bigint, atttypmod, attnotnull
+FROM pg_catalog.pg_attribute
+WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped
+ORDER BY attnum
+"""
+
+
+def quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_table(source: str) -> str:
+    schema, _, table = source.rpartition(".")
+    return f"{quote_identifier(schema or 'public')}.{quote_identifier(table)}"
+
+
+@contextmanager
+def connect(url: str) -> Iterator[adbc.Connection]:
+    """An ADBC connection whose session reads timestamps in UTC and intervals as ISO 8601."""
+    try:
+        connection = adbc.connect(url)
+    except Exception as error:
+        raise ConnectionFailed(
+            f"cannot connect to Postgres at {describe_url(url)}: {redact(str(error), url)}; "
+            "check PG_URL."
+        ) from None
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET TIME ZONE 'UTC'")
+            cursor.execute("SET IntervalStyle = 'iso_8601'")
+        connection.commit()
+        yield connection
+    finally:
+        connection.close()
+
+
+def fetch_all(connection: adbc.Connection, sql: str, parameters: tuple = ()) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, parameters or None)
+        return cursor.fetchall()
+
+
+def read_columns(connection: adbc.Connection, source: str) -> list[PgColumn]:
+    """The source table's columns, domains resolved to their base type, from the catalog."""
+    (relation,) = fetch_all(
+        connection, "SELECT to_regclass($1)::oid::bigint", (quote_table(source),)
+    )
+    if relation[0] is None:
+        raise SyncError(f"{source}: no such table in Postgres; check `source` in SYNC_CONFIG.")
+    types = {row[0]: row for row in fetch_all(connection, _TYPES_SQL)}
+
+    def resolve(oid: int, typmod: int) -> tuple[PgType, bool]:
+        _, name, kind, base, base_typmod, element, category, not_null = types[oid]
+        if kind == "d":  # a domain: its base type, its typmod, its NOT NULL
+            resolved, base_not_null = resolve(base, base_typmod if typmod == -1 else typmod)
+            return resolved, not_null or base_not_null
+        if category == "A" and element:
+            return PgType(name, typmod, resolve(element, typmod)[0]), False
+        return PgType("enum" if kind == "e" else name, typmod), False
+
+    columns = []
+    for name, type_oid, typmod, not_null in fetch_all(connection, _COLUMNS_SQL, (relation[0],)):
+        pg_type, domain_not_null = resolve(type_oid, typmod)
+        columns.append(PgColumn(name, pg_type, nullable=not (not_null or domain_not_null)))
+    return columns
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    """What is read from one source table: its name, its columns and how each is mapped."""
+
+    source: str
+    columns: tuple[PgColumn, ...]
+    mappings: tuple[ColumnMapping, ...]
+
+    @classmethod
+    def from_catalog(cls, connection: adbc.Connection, source: str) -> "SourceTable":
+        columns = tuple(read_columns(connection, source))
+        return cls(source, columns, tuple(map_column(source, column) for column in columns))
+
+    def column(self, name: str) -> PgColumn:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise SyncError(f"{self.source}: no column {name!r} in Postgres; check SYNC_CONFIG.")
+
+    def select_sql(self, where: str = "") -> str:
+        select_list = ", ".join(
+            f"{m.read_sql(quote_identifier(m.name))} AS {quote_identifier(m.name)}"
+            for m in self.mappings
+        )
+        for mapping in self.mappings:
+            if mapping.is_array:
+                name = quote_identifier(mapping.name)
+                select_list += f", array_ndims({name}) AS {quote_identifier(_ndims(mapping.name))}"
+        sql = f"SELECT {select_list} FROM {quote_table(self.source)}"
+        return f"{sql} WHERE {where}" if where else sql
+
+    def cursor_sql(self, cursor_column: str, created_at_column: str | None = None) -> str:
+        """Rows with `cursor_column >= $1`; with `created_at_column`, only rows created up to $2.
+
+        The one cursor query: new records use it on `created_at`, updates on `updated_at`
+        bounded by the new-records watermark, so rows already read as new are not read twice.
+        """
+        where = f"{quote_identifier(cursor_column)} >= $1"
+        if created_at_column:
+            created = quote_identifier(created_at_column)
+            where += f" AND ({created} <= $2 OR {created} IS NULL)"
+        return self.select_sql(where)
+
+    def live_row_filter(self, soft_delete_column: str | None) -> str:
+        """Rows not soft-deleted: those ClickHouse keeps with `_is_deleted = 0`."""
+        if soft_delete_column is None:
+            return "TRUE"
+        column = quote_identifier(soft_delete_column)
+        if self.column(soft_delete_column).type.name == "bool":
+            return f"{column} IS NOT TRUE"
+        return f"{column} IS NULL"
+
+    def bind(self, column_name: str, value: datetime) -> datetime:
+        """A parameter of the column's own type, so the comparison can use its index."""
+        utc = as_utc(value)
+        is_naive = self.column(column_name).type.name == "timestamp"
+        return utc.replace(tzinfo=None) if is_naive else utc
+
+    def read(
+        self, connection: adbc.Connection, sql: str, parameters: tuple = ()
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream the query's rows as Arrow batches of bounded size, checked and ready to load."""
+        try:
+            with connection.cursor() as cursor:
+                cursor.adbc_statement.set_options(
+                    **{_BATCH_SIZE_OPTION: str(BATCH_SIZE_HINT_BYTES)}
+                )
+                cursor.execute(sql, parameters or None)
+                for batch in cursor.fetch_record_batch():
+                    if batch.num_rows:
+                        yield self._checked(batch)
+        except (adbc_driver_manager.DataError, adbc_driver_manager.InternalError) as error:
+            raise SyncError(
+                f"{self.source}: a value could not be read ({error}); infinite or BC dates "
+                "and timestamps have no ClickHouse form: replace them or sync a view."
+            ) from None
+
+    def _checked(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Values Arrow would carry silently altered stop the sync instead.
+
+        Postgres' ±infinity and BC dates arrive as extreme integers, and 2-D arrays arrive
+        flattened; both are refused here, naming the column.
+        """
+        for mapping in self.mappings:
+            if not _within_calendar(batch.column(mapping.name)):
+                raise SyncError(
+                    f"{self.source}.{mapping.name}: holds a date or timestamp outside "
+                    "0001-01-01..9999-12-31 (infinity, or BC), which ClickHouse cannot store; "
+                    "replace those values or sync a view that maps them."
+                )
+        for mapping in self.mappings:
+            if mapping.is_array:
+                guard = _ndims(mapping.name)
+                if (pc.max(batch.column(guard)).as_py() or 1) > 1:
+                    raise SyncError(
+                        f"{self.source}.{mapping.name}: holds a multi-dimensional array, which "
+                        "ClickHouse's Array(T) cannot keep; make the column nullable (it is then "
+                        "stored as JSON text) or sync a view that flattens it."
+                    )
+                batch = batch.drop_columns([guard])
+        return batch
+
+
+# 0001-01-01 and 9999-12-31 (23:59:59.999999) as Arrow stores them: days or microseconds
+_CALENDAR = {
+    "date32": (-719_162, 2_932_896),
+    "timestamp": (-62_135_596_800_000_000, 253_402_300_799_999_999),
+}
+
+
+def _within_calendar(values: pa.Array) -> bool:
+    if pa.types.is_list(values.type):
+        values = pc.list_flatten(values)
+    if pa.types.is_date32(values.type):
+        (first, last), as_int = _CALENDAR["date32"], pa.int32()
+    elif pa.types.is_timestamp(values.type):
+        (first, last), as_int = _CALENDAR["timestamp"], pa.int64()
+    else:
+        return True
+    extremes = pc.min_max(values.cast(as_int))
+    lowest, highest = extremes["min"].as_py(), extremes["max"].as_py()
+    return lowest is None or (first <= lowest and highest <= last)
+
+
+def _ndims(column: str) -> str:
+    return f"{column}#ndims"
+
+
+def max_timestamp(batch: pa.RecordBatch, column: str) -> datetime | None:
+    value = pc.max(batch.column(column)).as_py()
+    return None if value is None else as_utc(value)
+
+
+def count_rows(connection: adbc.Connection, source: str, where: str = "TRUE") -> int:
+    return fetch_all(connection, f"SELECT count(*) FROM {quote_table(source)} WHERE {where}")[0][0]
+
+
+def latest_timestamps(
+    connection: adbc.Connection, source: str, columns: list[str]
+) -> list[datetime | None]:
+    """`max()` of each timestamp column: a cheap index lookup when the columns are indexed."""
+    select_list = ", ".join(f"max({quote_identifier(c)})" for c in columns)
+    row = fetch_all(connection, f"SELECT {select_list} FROM {quote_table(source)}")[0]
+    return [None if value is None else as_utc(value) for value in row]

@@ -1,0 +1,131 @@
+"""One table's sync steps: the initial snapshot, new records and updates, batch by batch."""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import adbc_driver_postgresql.dbapi as adbc
+import pyarrow as pa
+from clickhouse_connect.driver.client import Client
+
+from user_code.config import TableSpec
+from user_code.sync.errors import SyncError
+from user_code.sync.extract import SourceTable, max_timestamp
+from user_code.sync.load import (
+    TargetTable,
+    ensure_table,
+    insert_batch,
+    loaded_row_keys,
+    without_loaded_rows,
+)
+from user_code.sync.watermark import Cursor, latest
+
+_TIMESTAMP_TYPES = {"timestamp", "timestamptz"}
+
+
+@dataclass(frozen=True)
+class StepResult:
+    rows_read: int
+    rows_written: int
+    seconds: float
+    created_at: datetime | None  # the largest created_at among the rows read
+    updated_at: datetime | None
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_read / self.seconds if self.seconds > 0 else 0.0
+
+
+class TableSync:
+    def __init__(
+        self,
+        spec: TableSpec,
+        postgres: adbc.Connection,
+        clickhouse: Client,
+        database: str,
+        log: Callable[[str], None] = lambda message: None,
+    ):
+        self.spec = spec
+        self.postgres = postgres
+        self.clickhouse = clickhouse
+        self.log = log
+        self.source = SourceTable.from_catalog(postgres, spec.source)
+        self._check_columns()
+        self.target = TargetTable(
+            database=database,
+            name=spec.target_table,
+            columns=self.source.mappings,
+            primary_key=tuple(spec.primary_key),
+            version_column=spec.updated_at,
+        )
+
+    def _check_columns(self) -> None:
+        for field in ("created_at", "updated_at"):
+            column = self.source.column(getattr(self.spec, field))
+            if column.type.name not in _TIMESTAMP_TYPES:
+                raise SyncError(
+                    f"{self.spec.source}.{column.name}: `{field}` must be a timestamp or "
+                    f"timestamptz column, not {column.type.name}."
+                )
+        updated_at = self.source.column(self.spec.updated_at)
+        if updated_at.nullable:
+            raise SyncError(
+                f"{self.spec.source}.{updated_at.name}: `updated_at` must be NOT NULL: it is the "
+                "version that decides which copy of a row ClickHouse keeps."
+            )
+        for name in self.spec.primary_key:
+            if self.source.column(name).nullable:
+                raise SyncError(f"{self.spec.source}.{name}: primary key columns must be NOT NULL.")
+        if self.spec.soft_delete:
+            self.source.column(self.spec.soft_delete)
+
+    def prepare(self) -> bool:
+        """Create or update the ClickHouse table; True when it did not exist."""
+        return ensure_table(self.clickhouse, self.target)
+
+    def snapshot(self) -> StepResult:
+        return self._copy(self.source.select_sql(), (), since=None)
+
+    def new_records(self, cursor: Cursor) -> StepResult:
+        if cursor.start is None:
+            return self.snapshot()
+        sql = self.source.cursor_sql(cursor.column)
+        return self._copy(sql, (self.source.bind(cursor.column, cursor.start),), cursor.start)
+
+    def updates(self, cursor: Cursor, created_up_to: datetime | None) -> StepResult:
+        """Rows changed since the cursor among those created up to the new-records watermark."""
+        if cursor.start is None:
+            return self.snapshot()
+        start = self.source.bind(cursor.column, cursor.start)
+        if created_up_to is None:
+            return self._copy(self.source.cursor_sql(cursor.column), (start,), cursor.start)
+        sql = self.source.cursor_sql(cursor.column, self.spec.created_at)
+        bound = self.source.bind(self.spec.created_at, created_up_to)
+        return self._copy(sql, (start, bound), cursor.start)
+
+    def _copy(self, sql: str, parameters: tuple, since: datetime | None) -> StepResult:
+        started = time.monotonic()
+        loaded = (
+            loaded_row_keys(self.clickhouse, self.target, since)
+            if since is not None
+            else pa.array([], pa.string())
+        )
+        rows_read = rows_written = 0
+        created_at = updated_at = None
+        for batch in self.source.read(self.postgres, sql, parameters):
+            rows_read += batch.num_rows
+            created_at = latest(created_at, max_timestamp(batch, self.spec.created_at))
+            updated_at = latest(updated_at, max_timestamp(batch, self.spec.updated_at))
+            fresh = without_loaded_rows(batch, loaded, self.target)
+            if fresh.num_rows:
+                insert_batch(self.clickhouse, self.target, fresh, self.spec.soft_delete)
+                rows_written += fresh.num_rows
+            elapsed = time.monotonic() - started
+            self.log(
+                f"{self.spec.source}: {rows_read} rows read, {rows_written} written "
+                f"({rows_read / elapsed:,.0f} rows/s), updated_at up to {updated_at}"
+            )
+        return StepResult(
+            rows_read, rows_written, time.monotonic() - started, created_at, updated_at
+        )

@@ -1,0 +1,167 @@
+"""The job end to end on the real engines: inserts, updates, re-runs, restarts, late commits."""
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import dagster as dg
+import pytest
+from sync_support import demo_config, run_sync, step_metadata
+
+from demo.seed import insert_customers, update_customers
+
+pytestmark = pytest.mark.usefixtures("sync_env")
+
+
+def clickhouse_rows(ch, clickhouse, final: bool = True) -> int:
+    table = f"`{clickhouse.database}`.`customers`"
+    return ch.query(f"SELECT count() FROM {table}{' FINAL' if final else ''}").result_rows[0][0]
+
+
+def test_first_run_loads_every_row_and_checks_pass(customers, ch, clickhouse):
+    insert_customers(customers, 5000)
+
+    result = run_sync(dg.DagsterInstance.ephemeral())
+
+    assert result.success
+    steps = step_metadata(result)
+    assert steps["initial_load"]["rows_written"] == 5000
+    assert steps["initial_load"]["updated_at_watermark"] == steps["updates"]["updated_at_watermark"]
+    assert clickhouse_rows(ch, clickhouse) == 5000
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {"row_count_parity": True, "freshness": True}
+
+
+def test_new_and_updated_rows_arrive_once(customers, ch, clickhouse):
+    instance = dg.DagsterInstance.ephemeral()
+    insert_customers(customers, 2000, ending_at="2020-01-01")
+    run_sync(instance)
+
+    insert_customers(customers, 300)
+    touched = update_customers(customers, ids_modulo=10)
+    result = run_sync(instance)
+
+    steps = step_metadata(result)
+    assert "initial_load" not in steps
+    # Each change is written once, by whichever step reads it first: 300 new rows (30 of
+    # them already updated) and the other updated rows.
+    written = steps["new_records"]["rows_written"] + steps["updates"]["rows_written"]
+    assert written == 300 + touched - 30
+    assert clickhouse_rows(ch, clickhouse) == 2300
+    balances = ch.query(
+        f"SELECT sum(balance) FROM `{clickhouse.database}`.`customers` FINAL"
+    ).result_rows[0][0]
+    with customers.cursor() as cursor:
+        cursor.execute("SELECT sum(balance) FROM customers")
+        assert balances == Decimal(cursor.fetchone()[0])
+
+
+def test_rerun_without_changes_writes_nothing(customers, ch, clickhouse):
+    instance = dg.DagsterInstance.ephemeral()
+    insert_customers(customers, 1000)  # all within the lookback window: re-read, not re-written
+    run_sync(instance)
+    stored_rows = clickhouse_rows(ch, clickhouse, final=False)
+
+    steps = step_metadata(run_sync(instance))
+
+    assert steps["new_records"]["rows_read"] == 1000
+    assert steps["new_records"]["rows_written"] == 0
+    assert steps["updates"]["rows_written"] == 0
+    assert clickhouse_rows(ch, clickhouse, final=False) == stored_rows == 1000
+
+
+def test_watermark_survives_a_new_instance(customers, ch, clickhouse, tmp_path):
+    insert_customers(customers, 1000, ending_at="2020-01-01")
+    with dg.DagsterInstance.local_temp(str(tmp_path)) as instance:
+        run_sync(instance)
+
+    insert_customers(customers, 10)
+    with dg.DagsterInstance.local_temp(str(tmp_path)) as restarted:
+        steps = step_metadata(run_sync(restarted))
+
+    assert "initial_load" not in steps  # the new instance knows the table was loaded
+    assert steps["new_records"]["rows_written"] == 10
+    assert clickhouse_rows(ch, clickhouse, final=False) == 1010
+
+
+def test_late_commit_within_lookback_is_not_lost(customers, ch, clickhouse):
+    instance = dg.DagsterInstance.ephemeral()
+    insert_customers(customers, 100)
+    run_sync(instance)
+
+    # A transaction that started two minutes ago commits now: its timestamps are behind
+    # the stored watermark, but inside the five-minute lookback.
+    now = datetime.now(UTC)
+    insert_customers(customers, 1, ending_at=now - timedelta(minutes=2))
+    insert_customers(customers, 1, ending_at=now - timedelta(hours=1))
+    run_sync(instance)
+
+    assert clickhouse_rows(ch, clickhouse) == 101  # the hour-late row is beyond any lookback
+
+
+def test_full_refresh_takes_a_new_snapshot(customers, ch, clickhouse):
+    instance = dg.DagsterInstance.ephemeral()
+    insert_customers(customers, 50)
+    run_sync(instance)
+
+    steps = step_metadata(run_sync(instance, full_refresh=True))
+
+    assert steps["initial_load"]["rows_read"] == 50
+    assert clickhouse_rows(ch, clickhouse) == 50
+
+
+def test_soft_deleted_rows_leave_the_final_view(customers, ch, clickhouse):
+    with customers.cursor() as cursor:
+        cursor.execute("ALTER TABLE customers ADD COLUMN deleted_at timestamptz")
+    customers.commit()
+    instance = dg.DagsterInstance.ephemeral()
+    config = demo_config(soft_delete="deleted_at")
+    insert_customers(customers, 10)
+    run_sync(instance, config)
+
+    with customers.cursor() as cursor:
+        cursor.execute(
+            "UPDATE customers SET deleted_at = now(), updated_at = clock_timestamp() WHERE id <= 3"
+        )
+    customers.commit()
+    result = run_sync(instance, config)
+
+    live = ch.query(
+        f"SELECT count() FROM `{clickhouse.database}`.`customers` FINAL WHERE _is_deleted = 0"
+    ).result_rows[0][0]
+    assert live == 7
+    assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()}[
+        "row_count_parity"
+    ]
+
+
+def test_column_added_in_postgres_is_added_in_clickhouse(customers, ch, clickhouse):
+    instance = dg.DagsterInstance.ephemeral()
+    insert_customers(customers, 10)
+    run_sync(instance)
+
+    with customers.cursor() as cursor:
+        cursor.execute("ALTER TABLE customers ADD COLUMN loyalty_points integer")
+        cursor.execute(
+            "UPDATE customers SET loyalty_points = 7, updated_at = clock_timestamp() WHERE id = 1"
+        )
+    customers.commit()
+    run_sync(instance)
+
+    rows = ch.query(
+        f"SELECT loyalty_points FROM `{clickhouse.database}`.`customers` FINAL WHERE id = 1"
+    ).result_rows
+    assert rows == [(7,)]
+
+
+def test_configuration_error_fails_the_run_without_retries(customers):
+    result = run_sync(
+        dg.DagsterInstance.ephemeral(),
+        demo_config(updated_at="no_such_column"),
+        raise_on_error=False,
+    )
+
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    assert "public.customers: no column 'no_such_column' in Postgres" in failure.message
+    retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert retries == []

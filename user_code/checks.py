@@ -1,0 +1,72 @@
+"""Asset checks per table: row-count parity and freshness."""
+
+from datetime import timedelta
+
+import dagster as dg
+
+from user_code.assets import TableKeys, stored_watermarks
+from user_code.config import TableSpec
+from user_code.resources import ClickHouseResource, PostgresResource
+from user_code.sync.extract import count_rows, latest_timestamps
+from user_code.sync.load import count_live_rows
+from user_code.sync.table_sync import TableSync
+from user_code.sync.watermark import to_text
+
+
+def build_table_checks(spec: TableSpec) -> list[dg.AssetChecksDefinition]:
+    keys = TableKeys.of(spec)
+
+    @dg.asset_check(
+        asset=keys.updates,
+        name="row_count_parity",
+        description=(
+            f"Live rows in {spec.source} equal rows in ClickHouse `{spec.target_table}` read "
+            "with FINAL (one row per key, deletions left out). A warning while writes are in "
+            "flight; a lasting gap means rows were lost or duplicated."
+        ),
+    )
+    def row_count_parity(
+        postgres: PostgresResource, clickhouse: ClickHouseResource
+    ) -> dg.AssetCheckResult:
+        with postgres.connect() as connection, clickhouse.get_client() as client:
+            table = TableSync(spec, connection, client, clickhouse.database)
+            live_rows = table.source.live_row_filter(spec.soft_delete)
+            source_rows = count_rows(connection, spec.source, live_rows)
+            clickhouse_rows = count_live_rows(client, table.target)
+        return dg.AssetCheckResult(
+            passed=source_rows == clickhouse_rows,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "postgres_rows": source_rows,
+                "clickhouse_rows": clickhouse_rows,
+                "difference": clickhouse_rows - source_rows,
+            },
+        )
+
+    @dg.asset_check(
+        asset=keys.updates,
+        name="freshness",
+        description=(
+            f"Lag between the newest `{spec.updated_at}` in {spec.source} and the stored "
+            f"watermark stays under {spec.freshness_limit}."
+        ),
+    )
+    def freshness(context: dg.AssetCheckExecutionContext, postgres: PostgresResource):
+        with postgres.connect() as connection:
+            (source_latest,) = latest_timestamps(connection, spec.source, [spec.updated_at])
+        _, watermark = stored_watermarks(context.instance, keys)
+        if source_latest is None:  # an empty source table is always fresh
+            return dg.AssetCheckResult(passed=True, metadata={"lag_s": 0.0})
+        if watermark is None:
+            return dg.AssetCheckResult(passed=False, description=f"{spec.source} was never synced.")
+        lag = max(source_latest - watermark, timedelta(0))
+        return dg.AssetCheckResult(
+            passed=lag <= spec.freshness_limit,
+            metadata={
+                "lag_s": round(lag.total_seconds(), 3),
+                "source_latest": to_text(source_latest),
+                "watermark": to_text(watermark),
+            },
+        )
+
+    return [row_count_parity, freshness]

@@ -1,0 +1,83 @@
+"""Postgres and ClickHouse as Dagster resources; embedded or server is decided here, by URL."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import parse_qs, urlsplit
+
+import adbc_driver_postgresql.dbapi as adbc
+import clickhouse_connect
+import dagster as dg
+from clickhouse_connect.driver.client import Client
+from pydantic import Field
+
+from user_code.sync import extract
+from user_code.sync.errors import ConnectionFailed, describe_url, redact
+
+
+def is_embedded(clickhouse_url: str) -> bool:
+    """`chdb:///dir` is ClickHouse in-process: one process at a time may open the directory."""
+    return urlsplit(clickhouse_url).scheme == "chdb"
+
+
+class PostgresResource(dg.ConfigurableResource):
+    """The source database."""
+
+    url: str = Field(description="libpq URI, e.g. postgresql://user:pass@host:5432/db")
+
+    @contextmanager
+    def connect(self) -> Iterator[adbc.Connection]:
+        with extract.connect(self.url) as connection:
+            yield connection
+
+
+class ClickHouseResource(dg.ConfigurableResource):
+    """The destination: a ClickHouse server over HTTP(S), or chDB in this process."""
+
+    url: str = Field(
+        description="http(s)://user:pass@host:8123/database, or chdb:///dir?database=name"
+    )
+
+    @property
+    def database(self) -> str:
+        parts = urlsplit(self.url)
+        if is_embedded(self.url):
+            return parse_qs(parts.query).get("database", ["default"])[0]
+        return parts.path.strip("/") or "default"
+
+    @contextmanager
+    def get_client(self) -> Iterator[Client]:
+        parts = urlsplit(self.url)
+        try:
+            if is_embedded(self.url):
+                client = clickhouse_connect.get_client(dsn=f"chdb://{parts.path}")
+            else:
+                client = clickhouse_connect.get_client(
+                    dsn=self.url, database=self.database, autogenerate_session_id=False
+                )
+        except Exception as error:
+            hint = (
+                "only one process may open a chdb directory: wait for the running sync to "
+                "finish, or point CLICKHOUSE_URL at a ClickHouse server"
+                if is_embedded(self.url)
+                else "check CLICKHOUSE_URL and that the server is up"
+            )
+            raise ConnectionFailed(
+                f"cannot open ClickHouse at {describe_url(self.url)}: "
+                f"{redact(str(error), self.url)}; {hint}."
+            ) from None
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+def build_resources() -> dict[str, dg.ConfigurableResource]:
+    return {
+        "postgres": PostgresResource(url=dg.EnvVar("PG_URL")),
+        "clickhouse": ClickHouseResource(url=dg.EnvVar("CLICKHOUSE_URL")),
+    }
+
+
+def build_executor(clickhouse_url: str) -> dg.ExecutorDefinition:
+    """chDB opens its directory in one process only, so embedded runs keep every step in-process."""
+    return dg.in_process_executor if is_embedded(clickhouse_url) else dg.multiprocess_executor

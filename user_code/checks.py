@@ -7,10 +7,13 @@ import dagster as dg
 from user_code.assets import TableKeys, stored_watermarks
 from user_code.config import TableSpec
 from user_code.resources import ClickHouseResource, PostgresResource
+from user_code.sync.compare import KeyRanges, compare_content
 from user_code.sync.extract import count_rows, latest_timestamps
 from user_code.sync.load import count_live_rows
 from user_code.sync.table_sync import TableSync
 from user_code.sync.watermark import to_text
+
+ROW_COUNT_PARITY, FRESHNESS, CONTENT_CHECKSUM = "row_count_parity", "freshness", "content_checksum"
 
 
 def build_table_checks(spec: TableSpec) -> list[dg.AssetChecksDefinition]:
@@ -18,7 +21,7 @@ def build_table_checks(spec: TableSpec) -> list[dg.AssetChecksDefinition]:
 
     @dg.asset_check(
         asset=keys.updates,
-        name="row_count_parity",
+        name=ROW_COUNT_PARITY,
         description=(
             f"Live rows in {spec.source} equal rows in ClickHouse `{spec.target_table}` read "
             "with FINAL (one row per key, deletions left out). A warning while writes are in "
@@ -30,8 +33,9 @@ def build_table_checks(spec: TableSpec) -> list[dg.AssetChecksDefinition]:
     ) -> dg.AssetCheckResult:
         with postgres.connect() as connection, clickhouse.get_client() as client:
             table = TableSync(spec, connection, client, clickhouse.database)
-            live_rows = table.source.live_row_filter(spec.soft_delete)
-            source_rows = count_rows(connection, spec.source, live_rows)
+            source_rows = count_rows(
+                connection, spec.source, table.source.live_row_filter(spec.soft_delete)
+            )
             clickhouse_rows = count_live_rows(client, table.target)
         return dg.AssetCheckResult(
             passed=source_rows == clickhouse_rows,
@@ -45,7 +49,7 @@ def build_table_checks(spec: TableSpec) -> list[dg.AssetChecksDefinition]:
 
     @dg.asset_check(
         asset=keys.updates,
-        name="freshness",
+        name=FRESHNESS,
         description=(
             f"Lag between the newest `{spec.updated_at}` in {spec.source} and the stored "
             f"watermark stays under {spec.freshness_limit}."
@@ -69,4 +73,35 @@ def build_table_checks(spec: TableSpec) -> list[dg.AssetChecksDefinition]:
             },
         )
 
-    return [row_count_parity, freshness]
+    @dg.asset_check(
+        asset=keys.updates,
+        name=CONTENT_CHECKSUM,
+        description=(
+            f"Every column of every live row in ClickHouse `{spec.target_table}` equals "
+            f"{spec.source}: counts plus a checksum per key range, in bounded memory. Reads "
+            "both tables in full, so it runs in the `verify_clickhouse` job, not every sync."
+        ),
+    )
+    def content_checksum(
+        postgres: PostgresResource, clickhouse: ClickHouseResource
+    ) -> dg.AssetCheckResult:
+        with postgres.connect() as connection, clickhouse.get_client() as client:
+            table = TableSync(spec, connection, client, clickhouse.database)
+            source_rows = count_rows(
+                connection, spec.source, table.source.live_row_filter(spec.soft_delete)
+            )
+            ranges = KeyRanges(connection, table.source, table.target)
+            comparison = compare_content(connection, client, ranges, spec.soft_delete, source_rows)
+        return dg.AssetCheckResult(
+            passed=comparison.equal,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "postgres_rows": comparison.postgres_rows,
+                "clickhouse_rows": comparison.clickhouse_rows,
+                "differing_key_ranges": [
+                    f"{first} .. {last}" for first, last in comparison.differing_ranges[:20]
+                ],
+            },
+        )
+
+    return [row_count_parity, freshness, content_checksum]

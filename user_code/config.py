@@ -1,6 +1,7 @@
 """SYNC_CONFIG: which tables to sync and how, validated on load."""
 
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from user_code.sync.errors import SyncError
 
 DEFAULT_LOOKBACK = timedelta(minutes=5)
+# ClickHouse table names double as Dagster asset keys, which allow only these characters.
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 DEMO_CONFIG = {
     "tables": [
@@ -36,6 +39,10 @@ class TableSpec(BaseModel):
     soft_delete: str | None = Field(
         None, description="column marking deleted rows: a boolean, or a timestamp set on delete"
     )
+    hard_deletes: bool = Field(
+        False,
+        description="reconcile keys deleted in Postgres into tombstones (a key-range scan)",
+    )
     lookback: timedelta = Field(
         DEFAULT_LOOKBACK, description="overlap of each read, for transactions that commit late"
     )
@@ -50,6 +57,22 @@ class TableSpec(BaseModel):
         if not dot or not schema or not table or "." in table:
             raise ValueError("must be schema.table, e.g. public.customers")
         return source
+
+    @field_validator("target")
+    @classmethod
+    def _plain_name(cls, target: str | None) -> str | None:
+        if target is not None and not _PLAIN_NAME.fullmatch(target):
+            raise ValueError("must be letters, digits and underscores, not starting with a digit")
+        return target
+
+    @model_validator(mode="after")
+    def _target_is_a_plain_name(self) -> "TableSpec":
+        if self.target is None and not _PLAIN_NAME.fullmatch(self.table_name):
+            raise ValueError(
+                f"the table name {self.table_name!r} is not a plain name (letters, digits, "
+                "underscores): set `target` to name the ClickHouse table and its assets"
+            )
+        return self
 
     @field_validator("lookback", "freshness_limit")
     @classmethod

@@ -238,3 +238,18 @@ def latest_timestamps(
     select_list = ", ".join(f"max({quote_identifier(c)})" for c in columns)
     row = fetch_all(connection, f"SELECT {select_list} FROM {quote_table(source)}")[0]
     return [None if value is None else as_utc(value) for value in row]
+
+
+_UNIQUE_KEYS_SQL = """
+SELECT array_agg(a.attname::text ORDER BY a.attname)
+FROM pg_catalog.pg_index i
+JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indpred IS NULL
+GROUP BY i.indexrelid
+"""
+
+
+def has_unique_key(connection: adbc.Connection, source: str, columns: list[str]) -> bool:
+    """True when a unique index (a primary key among them) covers exactly `columns`."""
+    unique_keys = fetch_all(connection, _UNIQUE_KEYS_SQL, (quote_table(source),))
+    return sorted(columns) in [list(key) for (key,) in unique_keys]

@@ -11,7 +11,7 @@ from clickhouse_connect.driver.client import Client
 
 from user_code.config import TableSpec
 from user_code.sync.errors import SyncError
-from user_code.sync.extract import SourceTable, max_timestamp
+from user_code.sync.extract import SourceTable, has_unique_key, max_timestamp
 from user_code.sync.load import (
     TargetTable,
     ensure_table,
@@ -77,6 +77,12 @@ class TableSync:
         for name in self.spec.primary_key:
             if self.source.column(name).nullable:
                 raise SyncError(f"{self.spec.source}.{name}: primary key columns must be NOT NULL.")
+        if not has_unique_key(self.postgres, self.spec.source, self.spec.primary_key):
+            raise SyncError(
+                f"{self.spec.source}: no primary key or unique index on "
+                f"({', '.join(self.spec.primary_key)}); rows sharing a key would collapse into "
+                "one in ClickHouse. Add one, or set `primary_key` to the table's real key."
+            )
         if self.spec.soft_delete:
             self.source.column(self.spec.soft_delete)
 

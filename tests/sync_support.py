@@ -6,6 +6,10 @@ import dagster as dg
 
 from user_code.config import SyncConfig, parse_sync_config
 from user_code.definitions import build_definitions
+from user_code.resources import ClickHouseResource
+from user_code.sync.compare import Comparison
+from user_code.sync.extract import connect
+from user_code.sync.table_sync import TableSync
 
 
 def demo_config(**overrides) -> SyncConfig:
@@ -23,15 +27,26 @@ def run_sync(
     instance: dg.DagsterInstance,
     config: SyncConfig | None = None,
     raise_on_error: bool = True,
+    job_name: str = "postgres_to_clickhouse",
     **run_config,
 ) -> dg.ExecuteInProcessResult:
-    """One run of the `postgres_to_clickhouse` job, as the daemon would start it."""
-    definitions = build_definitions(config or demo_config(), os.environ["CLICKHOUSE_URL"])
-    job = definitions.resolve_job_def("postgres_to_clickhouse")
-    run_config = {"ops": {"sync_customers": {"config": run_config}}} if run_config else None
+    """One run of a job (the sync by default), as the daemon would start it."""
+    config = config or demo_config()
+    definitions = build_definitions(config, os.environ["CLICKHOUSE_URL"])
+    job = definitions.resolve_job_def(job_name)
+    op = f"sync_{config.tables[0].target_table}"
+    run_config = {"ops": {op: {"config": run_config}}} if run_config else None
     return job.execute_in_process(
         instance=instance, run_config=run_config, raise_on_error=raise_on_error
     )
+
+
+def compare(config: SyncConfig) -> Comparison:
+    """Postgres against ClickHouse `FINAL`, every column of every row of the first table."""
+    clickhouse = ClickHouseResource(url=os.environ["CLICKHOUSE_URL"])
+    with connect(os.environ["PG_URL"]) as connection, clickhouse.get_client() as client:
+        table = TableSync(config.tables[0], connection, client, clickhouse.database)
+        return table.compare_content()
 
 
 def step_metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict]:

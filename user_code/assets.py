@@ -16,8 +16,6 @@ import dagster as dg
 
 from user_code.config import TableSpec
 from user_code.resources import ClickHouseResource, PostgresResource
-from user_code.sync.compare import KeyRanges
-from user_code.sync.compare import reconcile_deletes as reconcile_deletes_in
 from user_code.sync.errors import ConnectionFailed, SyncError
 from user_code.sync.table_sync import StepResult, TableSync
 from user_code.sync.watermark import Cursor, from_text, latest, to_text
@@ -210,11 +208,10 @@ def build_table_assets(spec: TableSpec) -> list[dg.AssetsDefinition]:
             postgres.connect() as connection,
             clickhouse.get_client() as client,
         ):
-            table = TableSync(spec, connection, client, clickhouse.database)
+            table = TableSync(spec, connection, client, clickhouse.database, context.log.info)
             table.prepare()
-            ranges = KeyRanges(connection, table.source, table.target)
             started = time.monotonic()
-            result = reconcile_deletes_in(connection, client, ranges, log=context.log.info)
+            result = table.reconcile_deletes()
         return dg.MaterializeResult(
             metadata={
                 "keys_checked": result.keys_checked,

@@ -7,7 +7,6 @@ import dagster as dg
 from user_code.assets import TableKeys, stored_watermarks
 from user_code.config import TableSpec
 from user_code.resources import ClickHouseResource, PostgresResource
-from user_code.sync.compare import KeyRanges, compare_content
 from user_code.sync.extract import count_rows, latest_timestamps
 from user_code.sync.load import count_live_rows
 from user_code.sync.table_sync import TableSync
@@ -86,12 +85,7 @@ def build_table_checks(spec: TableSpec) -> list[dg.AssetChecksDefinition]:
         postgres: PostgresResource, clickhouse: ClickHouseResource
     ) -> dg.AssetCheckResult:
         with postgres.connect() as connection, clickhouse.get_client() as client:
-            table = TableSync(spec, connection, client, clickhouse.database)
-            source_rows = count_rows(
-                connection, spec.source, table.source.live_row_filter(spec.soft_delete)
-            )
-            ranges = KeyRanges(connection, table.source, table.target)
-            comparison = compare_content(connection, client, ranges, spec.soft_delete, source_rows)
+            comparison = TableSync(spec, connection, client, clickhouse.database).compare_content()
         return dg.AssetCheckResult(
             passed=comparison.equal,
             severity=dg.AssetCheckSeverity.WARN,

@@ -19,6 +19,10 @@ from user_code.sync.watermark import as_utc
 # whatever the table size.
 BATCH_SIZE_HINT_BYTES = 32 * 1024 * 1024
 _BATCH_SIZE_OPTION = adbc_driver_postgresql.StatementOptions.BATCH_SIZE_HINT_BYTES.value
+# Rows per FETCH when a query with parameters pages through a server-side cursor.
+FETCH_ROWS = 50_000
+_USE_COPY_OPTION = adbc_driver_postgresql.StatementOptions.USE_COPY.value
+_CURSOR = "pg2ch_rows"
 
 _TYPES_SQL = """
 SELECT oid::bigint, typname::text, typtype::text, typbasetype::bigint, typtypmod,
@@ -156,15 +160,11 @@ class SourceTable:
         self, connection: adbc.Connection, sql: str, parameters: tuple = ()
     ) -> Iterator[pa.RecordBatch]:
         """Stream the query's rows as Arrow batches of bounded size, checked and ready to load."""
+        batches = _pages(connection, sql, parameters) if parameters else _copy(connection, sql)
         try:
-            with connection.cursor() as cursor:
-                cursor.adbc_statement.set_options(
-                    **{_BATCH_SIZE_OPTION: str(BATCH_SIZE_HINT_BYTES)}
-                )
-                cursor.execute(sql, parameters or None)
-                for batch in cursor.fetch_record_batch():
-                    if batch.num_rows:
-                        yield self._checked(batch)
+            for batch in batches:
+                if batch.num_rows:
+                    yield self._checked(batch)
         except (adbc_driver_manager.DataError, adbc_driver_manager.InternalError) as error:
             raise SyncError(
                 f"{self.source}: a value could not be read ({error}); infinite or BC dates "
@@ -216,6 +216,36 @@ def _within_calendar(values: pa.Array) -> bool:
     extremes = pc.min_max(values.cast(as_int))
     lowest, highest = extremes["min"].as_py(), extremes["max"].as_py()
     return lowest is None or (first <= lowest and highest <= last)
+
+
+def _copy(connection: adbc.Connection, sql: str) -> Iterator[pa.RecordBatch]:
+    """The fast path: COPY ... TO STDOUT (BINARY), cut into batches of BATCH_SIZE_HINT_BYTES."""
+    with connection.cursor() as cursor:
+        cursor.adbc_statement.set_options(**{_BATCH_SIZE_OPTION: str(BATCH_SIZE_HINT_BYTES)})
+        try:
+            cursor.execute(sql)
+            yield from cursor.fetch_record_batch()
+        finally:
+            connection.rollback()  # ends the read-only transaction: vacuum is not held back
+
+
+def _pages(connection: adbc.Connection, sql: str, parameters: tuple) -> Iterator[pa.RecordBatch]:
+    """A query with bound parameters, FETCH_ROWS rows at a time through a server-side cursor.
+
+    COPY cannot take parameters, and without COPY libpq would hold the whole result in memory.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(f"DECLARE {_CURSOR} NO SCROLL CURSOR FOR {sql}", parameters)
+        cursor.adbc_statement.set_options(**{_USE_COPY_OPTION: "false"})
+        try:
+            while True:
+                cursor.execute(f"FETCH FORWARD {FETCH_ROWS} FROM {_CURSOR}")
+                page = cursor.fetch_arrow_table()
+                if page.num_rows == 0:
+                    return
+                yield from page.to_batches()
+        finally:
+            connection.rollback()  # closes the cursor; the transaction only read
 
 
 def _ndims(column: str) -> str:

@@ -10,8 +10,15 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from user_code.config import TableSpec
+from user_code.sync.compare import (
+    Comparison,
+    KeyRanges,
+    Reconciliation,
+    compare_content,
+    reconcile_deletes,
+)
 from user_code.sync.errors import SyncError
-from user_code.sync.extract import SourceTable, has_unique_key, max_timestamp
+from user_code.sync.extract import SourceTable, count_rows, has_unique_key, max_timestamp
 from user_code.sync.load import (
     TargetTable,
     ensure_table,
@@ -134,4 +141,18 @@ class TableSync:
             )
         return StepResult(
             rows_read, rows_written, time.monotonic() - started, created_at, updated_at
+        )
+
+    def reconcile_deletes(self) -> Reconciliation:
+        """Tombstones for keys ClickHouse still serves but Postgres no longer has."""
+        ranges = KeyRanges(self.postgres, self.source, self.target)
+        return reconcile_deletes(self.postgres, self.clickhouse, ranges, self.log)
+
+    def compare_content(self) -> Comparison:
+        """Live rows on both sides, compared column by column (counts and checksums)."""
+        live_rows = self.source.live_row_filter(self.spec.soft_delete)
+        postgres_rows = count_rows(self.postgres, self.spec.source, live_rows)
+        ranges = KeyRanges(self.postgres, self.source, self.target)
+        return compare_content(
+            self.postgres, self.clickhouse, ranges, self.spec.soft_delete, postgres_rows
         )

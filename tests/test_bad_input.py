@@ -1,0 +1,224 @@
+"""Bad input gets one clear error naming the problem; nothing is written; no credential leaks."""
+
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dagster as dg
+import pytest
+from sync_support import demo_config, run_sync
+
+from demo.seed import insert_customers
+from user_code.config import load_sync_config, parse_sync_config
+from user_code.resources import ClickHouseResource, PostgresResource
+from user_code.sync import SyncError
+from user_code.sync.errors import ConnectionFailed
+
+PASSWORD = "S3cret-pa55word"
+
+
+def config_error(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "sync.yaml"
+    path.write_text(textwrap.dedent(text))
+    with pytest.raises(SyncError) as error:
+        load_sync_config(str(path))
+    return str(error.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(SyncError, match=r"SYNC_CONFIG=.*nope\.yaml: no such file"):
+        load_sync_config(str(tmp_path / "nope.yaml"))
+
+
+def test_malformed_yaml(tmp_path):
+    assert "is not valid YAML" in config_error(tmp_path, "tables: [source: {")
+
+
+def test_config_that_is_not_a_mapping(tmp_path):
+    assert "expected a mapping with a `tables` list" in config_error(tmp_path, "- a\n- b\n")
+
+
+TIMESTAMPS = {"created_at": "c", "updated_at": "u"}
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (TIMESTAMPS, "primary_key: Field required"),
+        ({**TIMESTAMPS, "primary_key": []}, "primary_key: List should have at least 1 item"),
+        ({**TIMESTAMPS, "primary_key": ["id"], "updated": "x"}, "updated: Extra inputs are not"),
+        ({**TIMESTAMPS, "primary_key": ["id"], "lookback": "soon"}, "lookback: Input should be"),
+        ({**TIMESTAMPS, "primary_key": ["id"], "target": "a-b"}, "target: Value error, must be"),
+    ],
+)
+def test_invalid_table_entry_names_table_and_field(table, message):
+    with pytest.raises(SyncError) as error:
+        parse_sync_config({"tables": [{"source": "public.t", **table}]})
+    assert f"tables[0] (public.t): {message}" in str(error.value)
+
+
+def test_source_must_be_schema_qualified():
+    with pytest.raises(SyncError, match=r"tables\[0\] \(customers\): source: .*schema\.table"):
+        parse_sync_config({"tables": [{"source": "customers", "primary_key": ["id"],
+                                       "created_at": "c", "updated_at": "u"}]})  # fmt: skip
+
+
+def test_two_tables_into_one_target():
+    table = {"primary_key": ["id"], "created_at": "c", "updated_at": "u"}
+    with pytest.raises(SyncError, match="two tables write to the same ClickHouse table"):
+        parse_sync_config({"tables": [{"source": "a.t", **table}, {"source": "b.t", **table}]})
+
+
+@pytest.fixture
+def failed_run(sync_env, customers, ch, clickhouse):
+    """Run the sync with a broken config; return the error text and what ClickHouse holds."""
+    insert_customers(customers, 10)
+
+    def run(config) -> str:
+        result = run_sync(dg.DagsterInstance.ephemeral(), config, raise_on_error=False)
+        assert not result.success
+        tables = ch.query(
+            "SELECT count() FROM system.tables WHERE database = {db:String}",
+            parameters={"db": clickhouse.database},
+        ).result_rows[0][0]
+        assert tables == 0, "a failed configuration must not write anything"
+        return result.get_step_failure_events()[0].step_failure_data.error.message
+
+    return run
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"source": "public.nothing_here"}, "public.nothing_here: no such table in Postgres"),
+        ({"created_at": "born"}, "public.customers: no column 'born' in Postgres"),
+        ({"primary_key": ["email"]}, "customers.email: primary key columns must be NOT NULL"),
+        ({"primary_key": ["name"]}, "customers: no primary key or unique index on (name)"),
+        ({"created_at": "name"}, "`created_at` must be a timestamp or timestamptz column"),
+        ({"soft_delete": "gone"}, "public.customers: no column 'gone' in Postgres"),
+    ],
+)
+def test_config_that_does_not_match_the_source(failed_run, overrides, message):
+    assert message in failed_run(demo_config(**overrides))
+
+
+def test_nullable_updated_at_is_refused(failed_run, customers):
+    with customers.cursor() as cursor:
+        cursor.execute("ALTER TABLE customers ADD COLUMN touched_at timestamptz")
+    customers.commit()
+    assert "`updated_at` must be NOT NULL" in failed_run(demo_config(updated_at="touched_at"))
+
+
+def test_table_name_with_quotes_and_sql_is_quoted_not_run(sync_env, customers, ch, clickhouse):
+    hostile = 'weird"name; DROP TABLE customers; --'
+    with customers.cursor() as cursor:
+        cursor.execute(
+            'CREATE TABLE public."weird""name; DROP TABLE customers; --" ('
+            '"id; --" bigint PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now(), '
+            "updated_at timestamptz NOT NULL DEFAULT now())"
+        )
+        cursor.execute(
+            'INSERT INTO public."weird""name; DROP TABLE customers; --" ("id; --") VALUES (1), (2)'
+        )
+    customers.commit()
+
+    with pytest.raises(SyncError, match="is not a plain name"):
+        demo_config(source=f"public.{hostile}", primary_key=["id; --"])
+    config = demo_config(source=f"public.{hostile}", primary_key=["id; --"], target="weird")
+    result = run_sync(dg.DagsterInstance.ephemeral(), config)
+
+    assert result.success
+    rows = ch.query(f"SELECT `id; --` FROM `{clickhouse.database}`.weird FINAL ORDER BY 1")
+    assert rows.result_rows == [(1,), (2,)]
+    with customers.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM customers")  # fails if the table was dropped
+        assert cursor.fetchone() == (0,)
+
+
+@pytest.fixture
+def password_url(postgres_server, pg_url) -> str:
+    """PG_URL of a role that must give its password (scram-sha-256) over the socket."""
+    hba = Path(postgres_server.pgdata) / "pg_hba.conf"
+    rule = "local all pg2ch_secret scram-sha-256\n"
+    if rule not in hba.read_text():
+        hba.write_text(rule + hba.read_text())
+        postgres_server.psql(f"CREATE ROLE pg2ch_secret LOGIN SUPERUSER PASSWORD '{PASSWORD}'")
+        postgres_server.psql("SELECT pg_reload_conf()")
+    parts = urlsplit(pg_url)
+    return f"postgresql://pg2ch_secret:{PASSWORD}@{parts.path}?{parts.query}"
+
+
+def test_wrong_postgres_password(password_url):
+    wrong = password_url.replace(PASSWORD, "not-the-password")
+    with pytest.raises(ConnectionFailed) as error, PostgresResource(url=wrong).connect():
+        pass
+    assert "password authentication failed" in str(error.value)
+    assert "not-the-password" not in str(error.value)
+
+
+def test_unreachable_postgres():
+    url = f"postgresql://sync:{PASSWORD}@/app?host=/nonexistent/socket/dir"
+    with pytest.raises(ConnectionFailed) as error, PostgresResource(url=url).connect():
+        pass
+    assert "cannot connect to Postgres at postgresql://local socket/app" in str(error.value)
+    assert PASSWORD not in str(error.value)
+
+
+def test_unreachable_clickhouse_server():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed once the block ends: nothing listens there
+    url = f"http://sync:{PASSWORD}@127.0.0.1:{port}/analytics"
+    with pytest.raises(ConnectionFailed) as error, ClickHouseResource(url=url).get_client():
+        pass
+    assert f"cannot open ClickHouse at http://127.0.0.1:{port}/analytics" in str(error.value)
+    assert PASSWORD not in str(error.value)
+
+
+def test_no_credential_in_run_logs(monkeypatch, password_url, customers, clickhouse):
+    monkeypatch.setenv("PG_URL", password_url)
+    monkeypatch.setenv("CLICKHOUSE_URL", clickhouse.url)
+    insert_customers(customers, 5)
+    instance = dg.DagsterInstance.ephemeral()
+
+    ok = run_sync(instance)
+    failed = run_sync(instance, demo_config(updated_at="nope"), raise_on_error=False)
+
+    assert ok.success and not failed.success
+    logs = {
+        result: "\n".join(f"{r.user_message} {r.dagster_event}" for r in instance.all_logs(result))
+        for result in (ok.run_id, failed.run_id)
+    }
+    assert "no column 'nope'" in logs[failed.run_id]
+    assert all(PASSWORD not in text for text in logs.values())
+
+
+def test_embedded_clickhouse_held_by_another_process(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import time, clickhouse_connect
+            client = clickhouse_connect.get_client(dsn="chdb://{tmp_path}")
+            client.command("CREATE TABLE held (x UInt8) ENGINE = MergeTree ORDER BY x")
+            print("open", flush=True)
+            time.sleep(120)
+        """)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        second = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(f"""
+                from user_code.resources import ClickHouseResource
+                with ClickHouseResource(url="chdb://{tmp_path}").get_client() as client:
+                    client.query("SELECT count() FROM held")
+            """)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()
+    assert second.returncode != 0
+    assert "only one process may open a chdb directory" in second.stderr

@@ -1,0 +1,131 @@
+"""The code location as Dagster loads it: jobs, assets, checks, automation, the CLI."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from sync_support import demo_config, run_sync
+
+from demo.seed import insert_customers
+from user_code.automation import build_sensor
+from user_code.definitions import build_definitions
+from user_code.resources import PostgresResource
+
+
+@pytest.fixture
+def defs(monkeypatch) -> dg.Definitions:
+    monkeypatch.setenv("SYNC_SCHEDULE_CRON", "*/2 * * * *")
+    return build_definitions(demo_config(hard_deletes=True), "chdb:///tmp/unused")
+
+
+def test_code_location_loads_with_every_piece(defs):
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+
+    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {
+        "customers/initial_load",
+        "customers/new_records",
+        "customers/updates",
+        "customers/reconcile_deletes",
+    }
+    assert {key.name for key in graph.asset_check_keys} == {
+        "row_count_parity",
+        "freshness",
+        "content_checksum",
+    }
+    sync_job = defs.resolve_job_def("postgres_to_clickhouse")
+    assert {node.name for node in sync_job.nodes} == {
+        "sync_customers",
+        "customers__updates_row_count_parity",
+        "customers__updates_freshness",
+    }
+    verify_job = defs.resolve_job_def("verify_clickhouse")
+    assert {node.name for node in verify_job.nodes} == {
+        "customers__reconcile_deletes",
+        "customers__updates_content_checksum",
+    }
+    schedule = defs.resolve_schedule_def("postgres_to_clickhouse_schedule")
+    assert schedule.cron_schedule == "*/2 * * * *"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    sensor = defs.resolve_sensor_def("postgres_to_clickhouse_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_writers_of_a_table_share_one_pool_and_retry_with_backoff(defs):
+    sync_op = defs.resolve_job_def("postgres_to_clickhouse").graph.node_named("sync_customers")
+    reconcile_op = defs.resolve_job_def("verify_clickhouse").graph.node_named(
+        "customers__reconcile_deletes"
+    )
+
+    assert sync_op.definition.pool == reconcile_op.definition.pool == "clickhouse_customers"
+    policy = sync_op.definition.retry_policy
+    assert policy.max_retries >= 3
+    assert (policy.backoff, policy.jitter) == (dg.Backoff.EXPONENTIAL, dg.Jitter.PLUS_MINUS)
+
+
+def test_embedded_clickhouse_runs_every_step_in_one_process():
+    embedded = build_definitions(demo_config(), "chdb:///tmp/x")
+    server = build_definitions(demo_config(), "http://ch:8123/analytics")
+
+    assert embedded.resolve_job_def("postgres_to_clickhouse").executor_def.name == "in_process"
+    assert server.resolve_job_def("postgres_to_clickhouse").executor_def.name == "multiprocess"
+
+
+def test_sensor_requests_a_run_only_when_the_source_is_ahead(sync_env, customers, pg_url):
+    instance = dg.DagsterInstance.ephemeral()
+    sensor = build_sensor(demo_config())
+
+    def evaluate():
+        context = dg.build_sensor_context(
+            instance=instance, resources={"postgres": PostgresResource(url=pg_url)}
+        )
+        return sensor(context)
+
+    assert isinstance(evaluate(), dg.SkipReason)  # an empty source is up to date
+    insert_customers(customers, 5)
+    request = evaluate()
+    assert isinstance(request, dg.RunRequest)
+    assert request.asset_selection == [
+        dg.AssetKey(["customers", step]) for step in ("initial_load", "new_records", "updates")
+    ]
+    assert {key.name for key in request.asset_check_keys} == {"row_count_parity", "freshness"}
+
+    run_sync(instance)
+    assert isinstance(evaluate(), dg.SkipReason)
+
+
+def test_dagster_job_execute_from_the_command_line(
+    postgres_server, pg_url, customers, tmp_path: Path
+):
+    """The README's command, in its own process, with its own chDB directory."""
+    insert_customers(customers, 1000)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "PG_URL": pg_url,
+        "CLICKHOUSE_URL": f"chdb://{tmp_path / 'clickhouse'}?database=analytics",
+        "DAGSTER_HOME": str(home),
+    }
+    env.pop("SYNC_CONFIG", None)
+    command = [
+        *(Path(sys.executable).parent / "dagster",),
+        "job",
+        "execute",
+        "-m",
+        "user_code.definitions",
+        "-j",
+        "postgres_to_clickhouse",
+    ]
+
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        event = instance.get_latest_materialization_event(
+            dg.AssetKey(["customers", "initial_load"])
+        )
+        assert event.asset_materialization.metadata["rows_written"].value == 1000

@@ -74,11 +74,21 @@ def run_launcher_section(kubeconfig_file: str) -> dict[str, Any]:
 def run_coordinator_section() -> dict[str, Any]:
     coordinator = values()["dagsterDaemon"]["runCoordinator"]
     assert coordinator["enabled"] and coordinator["type"] == "QueuedRunCoordinator"
-    queued = coordinator["config"]["queuedRunCoordinator"]
     return {
         "module": "dagster._core.run_coordinator",
         "class": "QueuedRunCoordinator",
-        "config": {"max_concurrent_runs": queued["maxConcurrentRuns"]},
+        "config": {},
+    }
+
+
+def concurrency_section() -> dict[str, Any]:
+    """The instance's `concurrency` block, as the chart writes it from our values."""
+    concurrency = values()["concurrency"]
+    assert concurrency["enabled"]
+    pools, runs = concurrency["pools"], concurrency["runs"]
+    return {
+        "pools": {"default_limit": pools["defaultLimit"], "granularity": pools["granularity"]},
+        "runs": {"max_concurrent_runs": runs["maxConcurrentRuns"]},
     }
 
 
@@ -220,9 +230,17 @@ def test_code_server_config_in_runs_would_replace_run_resources(launcher):
     assert container["resources"] == code_server
 
 
-def test_run_queue_runs_one_run_at_a_time():
-    coordinator = rehydrate(run_coordinator_section(), dg.QueuedRunCoordinator)
-    assert coordinator.get_run_queue_config().max_concurrent_runs == 1
+def test_runs_writing_one_table_never_overlap(tmp_path):
+    overrides = {
+        "run_coordinator": run_coordinator_section(),
+        "concurrency": concurrency_section(),
+    }
+    with dg.instance_for_test(overrides=overrides, temp_dir=str(tmp_path)) as instance:
+        queue = instance.get_concurrency_config().run_queue_config
+        pools = instance.get_concurrency_config().pool_config
+        assert pools.default_pool_limit == 1  # one writer per `clickhouse_<table>` pool
+        assert pools.pool_granularity.value == "run"
+        assert queue.max_concurrent_runs >= 1
 
 
 def test_storage_url_uses_psycopg2(monkeypatch):

@@ -66,7 +66,12 @@ def ensure_table(client: Client, target: TargetTable) -> bool:
     column dropped or retyped in Postgres stops the sync with a message, because guessing
     would silently change stored data.
     """
-    client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(target.database)}")
+    databases = client.query(
+        "SELECT count() FROM system.databases WHERE name = {db:String}",
+        parameters={"db": target.database},
+    ).result_rows[0][0]
+    if not databases:  # a least-privileged user has its database already, and no CREATE DATABASE
+        client.command(f"CREATE DATABASE {quote_identifier(target.database)}")
     existing = existing_columns(client, target)
     if not existing:
         client.command(target.create_sql(), settings={"enable_time_time64_type": 1})

@@ -43,22 +43,20 @@ def build_jobs(config: SyncConfig) -> list:
     ]
 
 
+def _schedule(job_name: str, cron_variable: str, default_cron: str, what: str):
+    return dg.ScheduleDefinition(
+        name=f"{job_name}_schedule",
+        job_name=job_name,
+        cron_schedule=os.environ.get(cron_variable, default_cron),
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"{what} ({cron_variable}, default `{default_cron}`).",
+    )
+
+
 def build_schedules() -> list[dg.ScheduleDefinition]:
     return [
-        dg.ScheduleDefinition(
-            name=f"{SYNC_JOB}_schedule",
-            job_name=SYNC_JOB,
-            cron_schedule=os.environ.get("SYNC_SCHEDULE_CRON", "*/5 * * * *"),
-            default_status=dg.DefaultScheduleStatus.RUNNING,
-            description="Syncs on a fixed cadence (SYNC_SCHEDULE_CRON), as a safety net.",
-        ),
-        dg.ScheduleDefinition(
-            name=f"{VERIFY_JOB}_schedule",
-            job_name=VERIFY_JOB,
-            cron_schedule=os.environ.get("SYNC_VERIFY_CRON", "17 3 * * *"),
-            default_status=dg.DefaultScheduleStatus.RUNNING,
-            description="Reconciles deletes and compares content (SYNC_VERIFY_CRON, daily).",
-        ),
+        _schedule(SYNC_JOB, "SYNC_SCHEDULE_CRON", "*/5 * * * *", "Syncs on a fixed cadence"),
+        _schedule(VERIFY_JOB, "SYNC_VERIFY_CRON", "17 3 * * *", "Reconciles and compares"),
     ]
 
 

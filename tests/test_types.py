@@ -155,6 +155,8 @@ def test_type_without_lossless_form_is_a_clear_error(pg, ch, clickhouse, column_
         ("timestamp", "'-infinity'", r"public\.t\.v: holds a date or timestamp outside"),
         ("date", "'0044-03-15 BC'", r"public\.t\.v: holds a date or timestamp outside"),
         ("date[] NOT NULL", "'{2024-01-01,infinity}'", r"public\.t\.v: holds a date or"),
+        ("numeric(10,2)", "'NaN'", r"public\.t\.v: holds NaN, which ClickHouse's Decimal"),
+        ("numeric(4,1)[] NOT NULL", "'{1.5,NaN}'", r"public\.t\.v: holds NaN"),
     ],
 )
 def test_value_without_clickhouse_form_stops_the_sync(

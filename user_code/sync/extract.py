@@ -166,35 +166,48 @@ class SourceTable:
                 if batch.num_rows:
                     yield self._checked(batch)
         except (adbc_driver_manager.DataError, adbc_driver_manager.InternalError) as error:
-            raise SyncError(
-                f"{self.source}: a value could not be read ({error}); infinite or BC dates "
-                "and timestamps have no ClickHouse form: replace them or sync a view."
-            ) from None
+            raise SyncError(f"{self.source}: Postgres could not return a row: {error}") from None
 
     def _checked(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """Values Arrow would carry silently altered stop the sync instead.
+        """Values that Arrow or ClickHouse would store altered stop the sync instead.
 
-        Postgres' ±infinity and BC dates arrive as extreme integers, and 2-D arrays arrive
-        flattened; both are refused here, naming the column.
+        Postgres' ±infinity and BC dates arrive as extreme integers, NaN has no Decimal form,
+        and 2-D arrays arrive flattened; each is refused here, naming the column.
         """
         for mapping in self.mappings:
-            if not _within_calendar(batch.column(mapping.name)):
-                raise SyncError(
-                    f"{self.source}.{mapping.name}: holds a date or timestamp outside "
-                    "0001-01-01..9999-12-31 (infinity, or BC), which ClickHouse cannot store; "
-                    "replace those values or sync a view that maps them."
-                )
-        for mapping in self.mappings:
+            problem = _unstorable(batch.column(mapping.name), mapping)
             if mapping.is_array:
                 guard = _ndims(mapping.name)
                 if (pc.max(batch.column(guard)).as_py() or 1) > 1:
-                    raise SyncError(
-                        f"{self.source}.{mapping.name}: holds a multi-dimensional array, which "
-                        "ClickHouse's Array(T) cannot keep; make the column nullable (it is then "
-                        "stored as JSON text) or sync a view that flattens it."
-                    )
+                    problem = _MULTIDIMENSIONAL
                 batch = batch.drop_columns([guard])
+            if problem:
+                raise SyncError(f"{self.source}.{mapping.name}: {problem}")
         return batch
+
+
+_OUT_OF_CALENDAR = (
+    "holds a date or timestamp outside 0001-01-01..9999-12-31 (infinity, or BC), which "
+    "ClickHouse cannot store; replace those values or sync a view that maps them."
+)
+_NAN_DECIMAL = (
+    "holds NaN, which ClickHouse's Decimal cannot store; replace it with NULL or declare "
+    "the column as unconstrained numeric (kept as text)."
+)
+_MULTIDIMENSIONAL = (
+    "holds a multi-dimensional array, which ClickHouse's Array(T) cannot keep; make the "
+    "column nullable (it is then stored as JSON text) or sync a view that flattens it."
+)
+
+
+def _unstorable(values: pa.Array, mapping: ColumnMapping) -> str | None:
+    if pa.types.is_list(values.type):
+        values = pc.list_flatten(values)
+    if not _within_calendar(values):
+        return _OUT_OF_CALENDAR
+    if "Decimal(" in mapping.clickhouse_type and pc.any(pc.equal(values, "NaN")).as_py():
+        return _NAN_DECIMAL
+    return None
 
 
 # 0001-01-01 and 9999-12-31 (23:59:59.999999) as Arrow stores them: days or microseconds
@@ -205,8 +218,6 @@ _CALENDAR = {
 
 
 def _within_calendar(values: pa.Array) -> bool:
-    if pa.types.is_list(values.type):
-        values = pc.list_flatten(values)
     if pa.types.is_date32(values.type):
         (first, last), as_int = _CALENDAR["date32"], pa.int32()
     elif pa.types.is_timestamp(values.type):

@@ -1,0 +1,240 @@
+"""End to end, with the real processes: `dagster-daemon run` starts the runs, `dagster-webserver`
+shows them, and Dagster's own storage is Postgres, as on Kubernetes.
+
+The daemon, the webserver and their runs use a chDB directory of their own. chDB allows one
+process per directory (and one directory per process), so this test process never opens it:
+it reads what reached ClickHouse from the runs' records (the row-count parity check counts
+ClickHouse with FINAL).
+"""
+
+import os
+import shutil
+import struct
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import adbc_driver_postgresql.dbapi as adbc
+import dagster as dg
+import pytest
+from conftest import unique_name
+from e2e_support import (
+    CHECKS,
+    JOB,
+    SCHEDULE,
+    SENSOR,
+    STEPS,
+    SyncRun,
+    automation_states,
+    chromium,
+    finished_runs,
+    free_port,
+    is_idle,
+    only,
+    wait_for,
+)
+
+from demo.seed import create_customers, insert_customers
+from demo.stack import (
+    LOCATION_NAME,
+    Deployment,
+    create_database,
+    dagster_storage_url,
+    graphql,
+    sync_environment,
+    write_instance,
+)
+from user_code.sync.extract import connect, count_rows
+
+pytestmark = pytest.mark.e2e
+
+SEED_ROWS = 1_000
+TABLE = "customers"
+RUN_TIMEOUT = 90  # the sensor ticks every 30 s, the test's schedule every minute
+ASSET_GRAPH = f"/locations/{LOCATION_NAME}/asset-groups/public/lineage"
+
+
+@pytest.fixture(scope="module")
+def source_url(postgres_server) -> str:
+    """A source database with the demo `customers` table, seeded."""
+    url = create_database(postgres_server.get_uri(), unique_name("e2e_source"))
+    with connect(url) as connection:
+        create_customers(connection)
+        insert_customers(connection, SEED_ROWS)
+    return url
+
+
+@pytest.fixture(scope="module")
+def source(source_url: str) -> Iterator[adbc.Connection]:
+    with connect(source_url) as connection:
+        yield connection
+
+
+@pytest.fixture(scope="module")
+def deployment(postgres_server, source_url: str, tmp_path_factory) -> Iterator[Deployment]:
+    """Daemon and webserver on a fresh DAGSTER_HOME whose storage is a Postgres database."""
+    root = tmp_path_factory.mktemp("e2e")
+    dagster_home = root / "dagster_home"
+    storage = create_database(postgres_server.get_uri(), unique_name("e2e_dagster"))
+    write_instance(dagster_home, dagster_storage_url(storage))
+    env = sync_environment(
+        pg_url=source_url,
+        clickhouse_url=f"chdb://{root / 'clickhouse'}?database=analytics",
+        dagster_home=dagster_home,
+        SYNC_SCHEDULE_CRON="* * * * *",
+    )
+    env.pop("SYNC_CONFIG", None)
+    deployment = Deployment(env, port=free_port(), log_dir=root)
+    try:
+        deployment.start_separately()
+        deployment.wait_until_loaded()
+        yield deployment
+    finally:
+        deployment.stop()
+        assert not deployment.stray_processes(), "processes outlived the deployment"
+
+
+@pytest.fixture(scope="module")
+def instance(deployment: Deployment) -> Iterator[dg.DagsterInstance]:
+    """The deployment's instance, read from this process: runs, events, check results."""
+    instance = dg.DagsterInstance.from_config(str(deployment.dagster_home))
+    yield instance
+    instance.dispose()
+
+
+def wait_until_synced(deployment: Deployment, instance: dg.DagsterInstance) -> None:
+    """At least one successful sync, and no run queued or in flight."""
+    wait_for(
+        lambda: finished_runs(instance) and is_idle(instance),
+        timeout=RUN_TIMEOUT + 60,
+        what="successful sync with the queue empty",
+        deployment=deployment,
+    )
+
+
+def first_run(
+    deployment: Deployment, instance: dg.DagsterInstance, since: datetime, started_by: str
+) -> SyncRun:
+    return wait_for(
+        lambda: next(iter(finished_runs(instance, since, started_by)), None),
+        timeout=RUN_TIMEOUT,
+        what=f"successful run started by {started_by}",
+        deployment=deployment,
+    )
+
+
+def assert_synced(run: SyncRun, new_rows: int, source: adbc.Connection) -> None:
+    """The run wrote exactly the new rows, and ClickHouse then held every source row."""
+    assert "initial_load" not in run.steps, "the table was loaded again from scratch"
+    assert run.steps["new_records"]["rows_written"] == new_rows
+    parity = run.checks["row_count_parity"]
+    assert parity["passed"], parity
+    assert parity["clickhouse_rows"] == count_rows(source, f"public.{TABLE}")
+
+
+_WORKSPACE = """
+{
+  workspaceOrError {
+    ... on Workspace {
+      locationEntries {
+        name
+        locationOrLoadError {
+          __typename
+          ... on PythonError { message }
+          ... on RepositoryLocation {
+            repositories {
+              jobs { name }
+              schedules { name cronSchedule scheduleState { status } }
+              sensors { name sensorState { status } }
+              assetNodes {
+                assetKey { path }
+                kinds
+                assetChecksOrError { ... on AssetChecks { checks { name } } }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+"""
+
+
+def test_webserver_lists_the_sync(deployment: Deployment):
+    entries = graphql(deployment.url, _WORKSPACE)["workspaceOrError"]["locationEntries"]
+    (location,) = [e["locationOrLoadError"] for e in entries if e["name"] == LOCATION_NAME]
+    assert location["__typename"] == "RepositoryLocation", location.get("message")
+    (repository,) = location["repositories"]
+
+    assert JOB in {job["name"] for job in repository["jobs"]}
+    assets = {"/".join(node["assetKey"]["path"]): node for node in repository["assetNodes"]}
+    for step in STEPS:
+        assert {"postgres", "clickhouse"} <= set(assets[f"{TABLE}/{step}"]["kinds"])
+    checks = assets[f"{TABLE}/updates"]["assetChecksOrError"]["checks"]
+    assert set(CHECKS) <= {check["name"] for check in checks}
+    schedules = {s["name"]: s for s in repository["schedules"]}
+    assert schedules[SCHEDULE]["cronSchedule"] == "* * * * *"
+    assert schedules[SCHEDULE]["scheduleState"]["status"] == "RUNNING"
+    sensors = {s["name"]: s for s in repository["sensors"]}
+    assert sensors[SENSOR]["sensorState"]["status"] == "RUNNING"
+
+
+def test_sensor_syncs_inserted_rows(deployment, instance, source):
+    with only(deployment.url, SENSOR):
+        wait_until_synced(deployment, instance)
+        inserted_at = datetime.now(UTC)
+        insert_customers(source, 100)
+        run = first_run(deployment, instance, inserted_at, started_by=SENSOR)
+    assert_synced(run, new_rows=100, source=source)
+
+
+def test_schedule_syncs_inserted_rows(deployment, instance, source):
+    with only(deployment.url, SCHEDULE):
+        wait_until_synced(deployment, instance)
+        inserted_at = datetime.now(UTC)
+        insert_customers(source, 50)
+        run = first_run(deployment, instance, inserted_at, started_by=SCHEDULE)
+    assert_synced(run, new_rows=50, source=source)
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", header[16:24])
+
+
+def test_asset_graph_renders_in_the_browser(deployment, instance, tmp_path: Path):
+    """The page a user opens first shows the synced assets. `E2E_SCREENSHOT=docs/asset-graph.png`
+    keeps the screenshot, e.g. for the README."""
+    wait_until_synced(deployment, instance)
+    page = deployment.url + ASSET_GRAPH
+
+    dom = chromium(page, tmp_path / "profile", "--dump-dom").stdout
+    for step in STEPS:
+        assert f">{step}<" in dom, f"asset {step} not rendered"
+    assert f"/assets/{TABLE}/" in dom
+
+    screenshot = tmp_path / "asset-graph.png"
+    chromium(page, tmp_path / "profile", f"--screenshot={screenshot}")
+    assert _png_size(screenshot) == (1600, 1000)
+    assert screenshot.stat().st_size > 50_000, "the screenshot looks blank"
+    if keep := os.environ.get("E2E_SCREENSHOT"):
+        shutil.copyfile(screenshot, keep)
+
+
+def test_watermark_survives_a_restart(deployment, instance, source):
+    """Stop daemon and webserver, start them again: the watermark stored in Dagster's Postgres
+    storage is found, so only the rows inserted since are written."""
+    with only(deployment.url, SENSOR):
+        wait_until_synced(deployment, instance)
+        deployment.stop()
+        assert not deployment.stray_processes(), "processes outlived the stop"
+
+        restarted_at = datetime.now(UTC)
+        deployment.start_separately()
+        deployment.wait_until_loaded()
+        assert automation_states(deployment.url)[SCHEDULE]["status"] == "STOPPED"
+        insert_customers(source, 30)
+        run = first_run(deployment, instance, restarted_at, started_by=SENSOR)
+    assert_synced(run, new_rows=30, source=source)

@@ -18,7 +18,9 @@ from user_code.resources import PostgresResource
 @pytest.fixture
 def defs(monkeypatch) -> dg.Definitions:
     monkeypatch.setenv("SYNC_SCHEDULE_CRON", "*/2 * * * *")
-    return build_definitions(demo_config(hard_deletes=True), "chdb:///tmp/unused")
+    return build_definitions(
+        demo_config(hard_deletes=True, owners=["team:data-platform"]), "chdb:///tmp/unused"
+    )
 
 
 def test_code_location_loads_with_every_piece(defs):
@@ -31,6 +33,9 @@ def test_code_location_loads_with_every_piece(defs):
         "customers/updates",
         "customers/reconcile_deletes",
     }
+    assert all(
+        graph.get(key).owners == ["team:data-platform"] for key in graph.get_all_asset_keys()
+    )
     assert {key.name for key in graph.asset_check_keys} == {
         "row_count_parity",
         "freshness",

@@ -26,6 +26,7 @@ def test_first_run_loads_every_row_and_checks_pass(customers, ch, clickhouse):
     steps = step_metadata(result)
     assert steps["initial_load"]["rows_written"] == 5000
     assert steps["initial_load"]["updated_at_watermark"] == steps["updates"]["updated_at_watermark"]
+    assert steps["updates"]["lag_s"] == 0.0
     assert clickhouse_rows(ch, clickhouse) == 5000
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks == {"row_count_parity": True, "freshness": True}

@@ -10,13 +10,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import dagster as dg
 
 from user_code.config import TableSpec
 from user_code.resources import ClickHouseResource, PostgresResource
 from user_code.sync.errors import ConnectionFailed, SyncError
+from user_code.sync.extract import latest_timestamps
 from user_code.sync.table_sync import StepResult, TableSync
 from user_code.sync.watermark import Cursor, from_text, latest, to_text
 
@@ -78,8 +79,9 @@ class SyncRunConfig(dg.Config):
 
 
 def _materialization(
-    key: dg.AssetKey, result: StepResult, table: str, watermarks: dict[str, datetime | None]
+    key: dg.AssetKey, result: StepResult, table: str, **extra: datetime | float | None
 ) -> dg.MaterializeResult:
+    """Step metadata for the UI's plots; watermarks are stored as exact UTC text."""
     metadata: dict[str, object] = {
         "rows_read": result.rows_read,
         "rows_written": result.rows_written,
@@ -87,7 +89,9 @@ def _materialization(
         "rows_per_s": round(result.rows_per_second, 1),
         "clickhouse_table": table,
     }
-    metadata.update({name: to_text(value) for name, value in watermarks.items() if value})
+    for name, value in extra.items():
+        if value is not None:
+            metadata[name] = to_text(value) if isinstance(value, datetime) else value
     return dg.MaterializeResult(asset_key=key, metadata=metadata)
 
 
@@ -116,18 +120,26 @@ def _sync_table(
                 keys.initial_load,
                 result,
                 target,
-                {CREATED_AT_WATERMARK: created_at, UPDATED_AT_WATERMARK: updated_at},
+                **{CREATED_AT_WATERMARK: created_at, UPDATED_AT_WATERMARK: updated_at},
             )
         if keys.new_records in selected:
             result = table.new_records(Cursor(spec.created_at, created_at, spec.lookback))
             created_at = latest(created_at, result.created_at)
             yield _materialization(
-                keys.new_records, result, target, {CREATED_AT_WATERMARK: created_at}
+                keys.new_records, result, target, **{CREATED_AT_WATERMARK: created_at}
             )
         if keys.updates in selected:
             result = table.updates(Cursor(spec.updated_at, updated_at, spec.lookback), created_at)
             updated_at = latest(updated_at, result.updated_at)
-            yield _materialization(keys.updates, result, target, {UPDATED_AT_WATERMARK: updated_at})
+            (source_latest,) = latest_timestamps(connection, spec.source, [spec.updated_at])
+            lag = source_latest - updated_at if source_latest and updated_at else timedelta(0)
+            yield _materialization(
+                keys.updates,
+                result,
+                target,
+                **{UPDATED_AT_WATERMARK: updated_at},
+                lag_s=round(max(lag, timedelta(0)).total_seconds(), 3),
+            )
 
 
 def _pool(spec: TableSpec) -> str:
@@ -138,6 +150,7 @@ def _pool(spec: TableSpec) -> str:
 def _asset_attributes(spec: TableSpec) -> dict:
     return {
         "group_name": spec.schema_name,
+        "owners": spec.owners,
         "kinds": {"postgres", "clickhouse"},
         "metadata": {"source": spec.source, "clickhouse_table": spec.target_table},
     }

@@ -39,6 +39,7 @@ class TableSpec(BaseModel):
     soft_delete: str | None = Field(
         None, description="column marking deleted rows: a boolean, or a timestamp set on delete"
     )
+    owners: list[str] = Field([], description="asset owners shown in the UI: emails or `team:name`")
     hard_deletes: bool = Field(
         False,
         description="reconcile keys deleted in Postgres into tombstones (a key-range scan)",

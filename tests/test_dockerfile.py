@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import dagster as dg
@@ -31,6 +32,8 @@ from k8s_support import (
     secret_data,
     user_deployment,
 )
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 STARTUP_TIMEOUT_S = 60
 
@@ -92,8 +95,26 @@ def test_dependencies_install_in_a_layer_before_the_source():
     def first(text: str) -> int:
         return next(i for i, step in enumerate(steps) if text in step)
 
-    assert first("COPY pyproject.toml") < first("pip install -r") < first("COPY user_code")
+    assert first("COPY requirements.lock") < first("pip install -r requirements.lock")
+    assert first("pip install -r requirements.lock") < first("COPY user_code")
     assert first("COPY user_code") < first("pip install --no-deps")
+
+
+def test_lock_satisfies_every_dependency_of_the_project():
+    """requirements.lock may lag pyproject.toml; then the image would not be what we test."""
+    locked = {}
+    for line in (REPO_ROOT / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            locked[canonicalize_name(name)] = version
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    for dependency in map(Requirement, project["dependencies"]):
+        name = canonicalize_name(dependency.name)
+        assert name in locked, f"{name} is missing from requirements.lock: run `make lock`"
+        assert dependency.specifier.contains(locked[name]), (
+            f"requirements.lock has {name}=={locked[name]}, pyproject.toml asks "
+            f"{dependency.specifier}: run `make lock`"
+        )
 
 
 def test_dagster_home_is_where_the_chart_mounts_the_instance():

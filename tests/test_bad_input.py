@@ -159,6 +159,22 @@ def test_wrong_postgres_password(password_url):
     assert "not-the-password" not in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("resource", "message"),
+    [
+        (PostgresResource(url=f"mysql://root:{PASSWORD}@db/app"), "PG_URL must be a URL starting"),
+        (PostgresResource(url="customers"), "PG_URL must be a URL starting with postgresql://"),
+        (ClickHouseResource(url=f"tcp://u:{PASSWORD}@ch:9000"), "CLICKHOUSE_URL must be a URL"),
+    ],
+)
+def test_url_of_the_wrong_kind(resource, message):
+    opener = resource.connect if isinstance(resource, PostgresResource) else resource.get_client
+    with pytest.raises(SyncError, match=message) as error, opener():
+        pass
+    assert not isinstance(error.value, ConnectionFailed)  # not retried: it cannot heal
+    assert PASSWORD not in str(error.value)
+
+
 def test_unreachable_postgres():
     url = f"postgresql://sync:{PASSWORD}@/app?host=/nonexistent/socket/dir"
     with pytest.raises(ConnectionFailed) as error, PostgresResource(url=url).connect():

@@ -11,7 +11,7 @@ from clickhouse_connect.driver.client import Client
 from pydantic import Field
 
 from user_code.sync import extract
-from user_code.sync.errors import ConnectionFailed, describe_url, redact
+from user_code.sync.errors import ConnectionFailed, describe_url, redact, require_scheme
 
 
 def is_embedded(clickhouse_url: str) -> bool:
@@ -46,6 +46,7 @@ class ClickHouseResource(dg.ConfigurableResource):
 
     @contextmanager
     def get_client(self) -> Iterator[Client]:
+        require_scheme(self.url, "CLICKHOUSE_URL", ("http", "https", "chdb"))
         parts = urlsplit(self.url)
         try:
             if is_embedded(self.url):

@@ -22,6 +22,15 @@ def describe_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
+def require_scheme(url: str, variable: str, schemes: tuple[str, ...]) -> None:
+    """A URL of the wrong kind is a configuration error, not a connection to retry."""
+    if urlsplit(url).scheme not in schemes:
+        expected = ", ".join(f"{scheme}://" for scheme in schemes)
+        raise SyncError(
+            f"{variable} must be a URL starting with {expected}, not {describe_url(url)!r}."
+        )
+
+
 def redact(message: str, url: str) -> str:
     password = urlsplit(url).password
     return message.replace(password, "***") if password else message

@@ -1,6 +1,6 @@
 """The demo `customers` table: the shape the default SYNC_CONFIG syncs."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import adbc_driver_postgresql.dbapi as adbc
 
@@ -37,8 +37,8 @@ SELECT 'customer ' || g,
        ARRAY['tier-' || g % 3],
        jsonb_build_object('plan', (ARRAY['free', 'pro', 'team'])[1 + g % 3], 'seats', g % 50),
        'seed', 'seed',
-       $2::timestamptz - ($1 - g) * interval '1 millisecond',
-       $2::timestamptz - ($1 - g) * interval '1 millisecond'
+       $2::timestamptz - ($1 - g) * make_interval(secs => $3),
+       $2::timestamptz - ($1 - g) * make_interval(secs => $3)
 FROM generate_series(1, $1) AS g
 """
 
@@ -51,11 +51,14 @@ def create_customers(connection: adbc.Connection) -> None:
 
 
 def insert_customers(
-    connection: adbc.Connection, rows: int, ending_at: str | datetime = "now"
+    connection: adbc.Connection,
+    rows: int,
+    ending_at: str | datetime = "now",
+    spacing: timedelta = timedelta(milliseconds=1),
 ) -> None:
-    """`rows` customers, created_at = updated_at a millisecond apart, up to `ending_at`."""
+    """`rows` customers, created_at = updated_at `spacing` apart, up to `ending_at`."""
     with connection.cursor() as cursor:
-        cursor.execute(_INSERT_SQL, (rows, ending_at))
+        cursor.execute(_INSERT_SQL, (rows, ending_at, spacing.total_seconds()))
     connection.commit()
 
 

@@ -18,7 +18,13 @@ from user_code.sync.compare import (
     reconcile_deletes,
 )
 from user_code.sync.errors import SyncError
-from user_code.sync.extract import SourceTable, count_rows, has_unique_key, max_timestamp
+from user_code.sync.extract import (
+    SourceTable,
+    count_rows,
+    has_unique_key,
+    max_timestamp,
+    read_ahead,
+)
 from user_code.sync.load import (
     TargetTable,
     ensure_table,
@@ -126,7 +132,7 @@ class TableSync:
         )
         rows_read = rows_written = 0
         created_at = updated_at = None
-        for batch in self.source.read(self.postgres, sql, parameters):
+        for batch in read_ahead(self.source.read(self.postgres, sql, parameters)):
             rows_read += batch.num_rows
             created_at = latest(created_at, max_timestamp(batch, self.spec.created_at))
             updated_at = latest(updated_at, max_timestamp(batch, self.spec.updated_at))

@@ -1,0 +1,190 @@
+"""The timed phases for one table size, run by `bench.run` in a fresh process.
+
+A fresh process per size keeps the peak RSS of the initial load its own (`ru_maxrss` only
+ever grows) and gives chDB the one data directory it allows per process. Progress goes to
+stderr, the figures to stdout as one JSON document.
+"""
+
+import argparse
+import dataclasses
+import json
+import resource
+import sys
+import time
+from datetime import datetime
+from urllib.parse import parse_qs, urlsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from demo.seed import insert_customers, update_customers
+from user_code.config import DEMO_CONFIG, TableSpec
+from user_code.sync.extract import connect, count_rows, fetch_all
+from user_code.sync.load import TargetTable, count_live_rows, quote_identifier
+from user_code.sync.table_sync import StepResult, TableSync
+from user_code.sync.watermark import Cursor, latest
+
+SPEC = TableSpec(**DEMO_CONFIG["tables"][0])
+REPEATS = 3  # both initial load paths run this often, alternating; the fastest run counts
+CHANGED_ONE_IN = 100  # 1% of the rows are updated, and as many new rows inserted
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    seconds: float
+    cpu_seconds: float  # this process: Python, the ADBC reader and chDB's threads
+
+
+def log(message: str) -> None:
+    print(f"  {message}", file=sys.stderr, flush=True)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wait_for_merges(client: Client) -> None:
+    """Let the background merges of one load finish, so they do not slow the next one."""
+    while client.query("SELECT count() FROM system.merges").result_rows[0][0]:
+        time.sleep(0.1)
+
+
+def initial_load(table: TableSync) -> tuple[Timing, StepResult]:
+    """What the asset runs on a table it never loaded: create the table, take a snapshot."""
+    table.clickhouse.command(f"DROP TABLE IF EXISTS {table.target.qualified_name} SYNC")
+    started, cpu = time.monotonic(), cpu_seconds()
+    table.prepare()
+    result = table.snapshot()
+    return Timing(time.monotonic() - started, cpu_seconds() - cpu), result
+
+
+def native_load(client: Client, target: TargetTable, pg_url: str) -> Timing:
+    """ClickHouse pulling the table itself with `postgresql()`, into an identical table."""
+    url = urlsplit(pg_url)
+    host = f"{parse_qs(url.query)['host'][0]}:{url.port or 5432}"
+    client.command(f"DROP TABLE IF EXISTS {target.qualified_name} SYNC")
+    client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(target.database)}")
+    client.command(target.create_sql())
+    started, cpu = time.monotonic(), cpu_seconds()
+    client.command(
+        f"INSERT INTO {target.qualified_name} SELECT *, 0 FROM postgresql("
+        f"'{host}', '{url.path.lstrip('/')}', '{SPEC.table_name}', 'postgres', '')"
+    )
+    return Timing(time.monotonic() - started, cpu_seconds() - cpu)
+
+
+@dataclasses.dataclass(frozen=True)
+class Incremental:
+    seconds: float
+    rows_read: int
+    rows_written: int
+    created_at: datetime | None  # the watermarks to store after the run
+    updated_at: datetime | None
+
+
+def incremental(
+    table: TableSync, created_at: datetime | None, updated_at: datetime | None
+) -> Incremental:
+    """The asset's two steps on a loaded table, as it runs them, timed together."""
+    started = time.monotonic()
+    new = table.new_records(Cursor(SPEC.created_at, created_at, SPEC.lookback))
+    created_at = latest(created_at, new.created_at)
+    changed = table.updates(Cursor(SPEC.updated_at, updated_at, SPEC.lookback), created_at)
+    return Incremental(
+        time.monotonic() - started,
+        new.rows_read + changed.rows_read,
+        new.rows_written + changed.rows_written,
+        created_at,
+        latest(updated_at, changed.updated_at),
+    )
+
+
+def explain(table: TableSync, created_at: datetime, updated_at: datetime) -> dict[str, str]:
+    """The plans Postgres picks for the two cursor queries, with the parameters of a run."""
+    source = table.source
+    new_since = Cursor(SPEC.created_at, created_at, SPEC.lookback).start
+    changed_since = Cursor(SPEC.updated_at, updated_at, SPEC.lookback).start
+    queries = {
+        "new_records": (
+            source.cursor_sql(SPEC.created_at),
+            (source.bind(SPEC.created_at, new_since),),
+        ),
+        "updates": (
+            source.cursor_sql(SPEC.updated_at, SPEC.created_at),
+            (source.bind(SPEC.updated_at, changed_since), source.bind(SPEC.created_at, created_at)),
+        ),
+    }
+    return {
+        step: "\n".join(row[0] for row in fetch_all(table.postgres, f"EXPLAIN {sql}", parameters))
+        for step, (sql, parameters) in queries.items()
+    }
+
+
+def run(pg_url: str, chdb_dir: str, rows: int) -> dict:
+    client = clickhouse_connect.get_client(dsn=f"chdb://{chdb_dir}")
+    with connect(pg_url) as postgres:
+        table = TableSync(SPEC, postgres, client, "pg2ch")
+        native_target = dataclasses.replace(table.target, database="native")
+        baseline_rss = peak_rss_mb()
+        loads: list[Timing] = []
+        natives: list[Timing] = []
+        for attempt in range(1, REPEATS + 1):
+            timing, result = initial_load(table)
+            loads.append(timing)
+            if attempt == 1:
+                load_rss = peak_rss_mb()  # nothing else has run in this process yet
+            wait_for_merges(client)
+            natives.append(native_load(client, native_target, pg_url))
+            wait_for_merges(client)
+            log(f"run {attempt}: pg2ch {timing.seconds:.2f} s, native {natives[-1].seconds:.2f} s")
+
+        update_customers(postgres, ids_modulo=CHANGED_ONE_IN)
+        insert_customers(postgres, rows // CHANGED_ONE_IN)
+        plans = explain(table, result.created_at, result.updated_at)
+        changes = incremental(table, result.created_at, result.updated_at)
+        noop = incremental(table, changes.created_at, changes.updated_at)
+        log(f"incremental {changes.seconds:.2f} s, no-change rerun {noop.seconds:.2f} s")
+        in_sync = count_rows(postgres, SPEC.source) == count_live_rows(client, table.target)
+    client.close()
+    initial = min(loads, key=lambda timing: timing.seconds)
+    native = min(natives, key=lambda timing: timing.seconds)
+    return {
+        "rows": rows,
+        "initial_seconds": round(initial.seconds, 3),
+        "initial_rows_per_s": round(rows / initial.seconds),
+        "native_seconds": round(native.seconds, 3),
+        "native_rows_per_s": round(rows / native.seconds),
+        "ratio_vs_native": round(native.seconds / initial.seconds, 3),
+        "initial_cpu_seconds": round(initial.cpu_seconds, 2),
+        "native_cpu_seconds": round(native.cpu_seconds, 2),
+        "initial_runs_seconds": [round(timing.seconds, 2) for timing in loads],
+        "native_runs_seconds": [round(timing.seconds, 2) for timing in natives],
+        "incremental_seconds": round(changes.seconds, 3),
+        "incremental_rows_read": changes.rows_read,
+        "incremental_rows_written": changes.rows_written,
+        "noop_seconds": round(noop.seconds, 3),
+        "noop_rows_read": noop.rows_read,
+        "noop_rows_written": noop.rows_written,
+        "baseline_rss_mb": round(baseline_rss),
+        "peak_rss_mb": round(load_rss),
+        "row_counts_match": in_sync,
+        "explain": plans,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pg-url", required=True)
+    parser.add_argument("--chdb-dir", required=True)
+    parser.add_argument("--rows", type=int, required=True)
+    args = parser.parse_args()
+    print(json.dumps(run(args.pg_url, args.chdb_dir, args.rows)))
+
+
+if __name__ == "__main__":
+    main()

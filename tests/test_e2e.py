@@ -180,22 +180,15 @@ def test_webserver_lists_the_sync(deployment: Deployment):
     assert sensors[SENSOR]["sensorState"]["status"] == "RUNNING"
 
 
-def test_sensor_syncs_inserted_rows(deployment, instance, source):
-    with only(deployment.url, SENSOR):
+@pytest.mark.parametrize(("trigger", "rows"), [(SENSOR, 100), (SCHEDULE, 50)])
+def test_daemon_syncs_inserted_rows(deployment, instance, source, trigger, rows):
+    """The sensor, then the per-minute schedule, each alone: the daemon's run syncs new rows."""
+    with only(deployment.url, trigger):
         wait_until_synced(deployment, instance)
         inserted_at = datetime.now(UTC)
-        insert_customers(source, 100)
-        run = first_run(deployment, instance, inserted_at, started_by=SENSOR)
-    assert_synced(run, new_rows=100, source=source)
-
-
-def test_schedule_syncs_inserted_rows(deployment, instance, source):
-    with only(deployment.url, SCHEDULE):
-        wait_until_synced(deployment, instance)
-        inserted_at = datetime.now(UTC)
-        insert_customers(source, 50)
-        run = first_run(deployment, instance, inserted_at, started_by=SCHEDULE)
-    assert_synced(run, new_rows=50, source=source)
+        insert_customers(source, rows)
+        run = first_run(deployment, instance, inserted_at, started_by=trigger)
+    assert_synced(run, new_rows=rows, source=source)
 
 
 def _png_size(path: Path) -> tuple[int, int]:

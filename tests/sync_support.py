@@ -11,6 +11,15 @@ from user_code.sync.compare import Comparison
 from user_code.sync.extract import connect
 from user_code.sync.table_sync import TableSync
 
+# A second shape of table: a two-column key, and timestamps without a time zone.
+ORDER_LINES = """
+CREATE TABLE public.order_lines (
+    order_id bigint, line int, sku uuid NOT NULL, amount numeric(10, 2),
+    created_at timestamp NOT NULL DEFAULT now(), updated_at timestamp NOT NULL DEFAULT now(),
+    PRIMARY KEY (order_id, line)
+)
+"""
+
 
 def demo_config(**overrides) -> SyncConfig:
     table = {

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from sync_support import demo_config, run_sync
+from sync_support import ORDER_LINES, demo_config, run_sync
 
 from demo.seed import insert_customers
 from user_code.automation import build_sensor
@@ -102,20 +102,33 @@ def test_sensor_requests_a_run_only_when_the_source_is_ahead(sync_env, customers
     assert isinstance(evaluate(), dg.SkipReason)
 
 
-def test_dagster_job_execute_from_the_command_line(
-    postgres_server, pg_url, customers, tmp_path: Path
-):
-    """The README's command, in its own process, with its own chDB directory."""
-    insert_customers(customers, 1000)
+def test_dagster_job_execute_from_the_command_line(pg_url, pg, tmp_path: Path):
+    """The README's command, in its own process with its own chDB directory, on a table
+    named by SYNC_CONFIG."""
+    with pg.cursor() as cursor:
+        cursor.execute(ORDER_LINES)
+        cursor.execute(
+            "INSERT INTO order_lines (order_id, line, sku) SELECT o, l, gen_random_uuid() "
+            "FROM generate_series(1, 500) AS o, generate_series(1, 2) AS l"
+        )
+    pg.commit()
+    sync_config = tmp_path / "sync.yaml"
+    sync_config.write_text(
+        "tables:\n"
+        "  - source: public.order_lines\n"
+        "    primary_key: [order_id, line]\n"
+        "    created_at: created_at\n"
+        "    updated_at: updated_at\n"
+    )
     home = tmp_path / "dagster_home"
     home.mkdir()
     env = {
         **os.environ,
         "PG_URL": pg_url,
         "CLICKHOUSE_URL": f"chdb://{tmp_path / 'clickhouse'}?database=analytics",
+        "SYNC_CONFIG": str(sync_config),
         "DAGSTER_HOME": str(home),
     }
-    env.pop("SYNC_CONFIG", None)
     command = [
         *(Path(sys.executable).parent / "dagster",),
         "job",
@@ -131,6 +144,6 @@ def test_dagster_job_execute_from_the_command_line(
     assert completed.returncode == 0, completed.stderr[-3000:]
     with dg.DagsterInstance.from_config(str(home)) as instance:
         event = instance.get_latest_materialization_event(
-            dg.AssetKey(["customers", "initial_load"])
+            dg.AssetKey(["order_lines", "initial_load"])
         )
         assert event.asset_materialization.metadata["rows_written"].value == 1000

@@ -7,7 +7,7 @@ import time
 
 import dagster as dg
 import pytest
-from sync_support import compare, demo_config, run_sync, step_metadata
+from sync_support import ORDER_LINES, compare, demo_config, run_sync, step_metadata
 
 from demo.seed import insert_customers, update_customers
 from user_code.assets import TableKeys, stored_watermarks
@@ -240,3 +240,31 @@ def test_content_comparison_notices_a_changed_row(customers, ch, clickhouse):
     comparison = compare(demo_config())
     assert not comparison.equal
     assert comparison.differing_ranges == [((1,), (50,))]
+
+
+def test_composite_key_without_time_zone_through_updates_deletes_and_reinserts(customers):
+    """A two-column key and `timestamp` (no zone) cursors, through every path that uses keys."""
+    execute(ORDER_LINES, customers)
+    config = demo_config(
+        source="public.order_lines", primary_key=["order_id", "line"], hard_deletes=True
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    execute(
+        "INSERT INTO order_lines (order_id, line, sku, amount) SELECT o, l, gen_random_uuid(), "
+        "o * l / 10.0 FROM generate_series(1, 40) AS o, generate_series(1, 3) AS l",
+        customers,
+    )
+    run_sync(instance, config)
+
+    execute("UPDATE order_lines SET amount = NULL, updated_at = now() WHERE line = 2", customers)
+    execute("DELETE FROM order_lines WHERE order_id % 7 = 0", customers)
+    run_sync(instance, config)
+    run_sync(instance, config, job_name="verify_clickhouse")
+    assert compare(config).equal
+
+    execute(
+        "INSERT INTO order_lines (order_id, line, sku) VALUES (7, 1, gen_random_uuid())",
+        customers,
+    )
+    run_sync(instance, config)
+    assert compare(config).equal

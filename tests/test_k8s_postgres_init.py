@@ -23,6 +23,8 @@ import pytest
 import yaml
 from k8s_support import container_env, k8s_object, secret_data
 
+from demo.seed import CUSTOMERS_DDL
+
 SERVER = k8s_object("StatefulSet", "postgres-source")
 DATABASE = container_env(SERVER)["POSTGRES_DB"]["value"]
 READER = urlsplit(secret_data("source-postgres")["PG_URL"]).username
@@ -120,3 +122,31 @@ def test_sync_config_tables_and_columns_exist(source_socket):
                     (table["source"], cursor_column),
                 )
                 assert cur.fetchone() == ("timestamp with time zone",), cursor_column
+
+
+COLUMNS_SQL = """
+SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute
+WHERE attrelid = 'public.customers'::regclass AND attnum > 0 AND NOT attisdropped
+ORDER BY attnum
+"""
+
+
+def test_seeded_table_has_the_shape_make_dev_syncs(source_socket):
+    """The cluster's demo table and make dev's (demo/seed.py) map to the same ClickHouse table."""
+    with cursor(source_socket, "postgres") as cur:
+        cur.execute(COLUMNS_SQL)
+        in_cluster = cur.fetchall()
+    admin = psycopg2.connect(host=source_socket, dbname=DATABASE, user="postgres")
+    admin.autocommit = True  # CREATE DATABASE cannot run in a transaction
+    with admin.cursor() as cur:
+        cur.execute("CREATE DATABASE make_dev_shape")
+    admin.close()
+    conn = psycopg2.connect(host=source_socket, dbname="make_dev_shape", user="postgres")
+    try:
+        with conn, conn.cursor() as cur:
+            for statement in CUSTOMERS_DDL:
+                cur.execute(statement)
+            cur.execute(COLUMNS_SQL)
+            assert cur.fetchall() == in_cluster
+    finally:
+        conn.close()

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import dagster as dg
@@ -147,3 +148,24 @@ def test_dagster_job_execute_from_the_command_line(pg_url, pg, tmp_path: Path):
             dg.AssetKey(["order_lines", "initial_load"])
         )
         assert event.asset_materialization.metadata["rows_written"].value == 1000
+
+
+def test_a_second_writer_of_a_table_waits_for_the_first(sync_env, customers, tmp_path):
+    """With the pool limit the deployment sets (1), a run waits while another holds the table."""
+    insert_customers(customers, 10)
+    overrides = {"concurrency": {"pools": {"default_limit": 1}}}
+    with dg.instance_for_test(overrides=overrides, temp_dir=str(tmp_path)) as instance:
+        storage = instance.event_log_storage
+        storage.initialize_concurrency_limit_to_default("clickhouse_customers")
+        held = storage.claim_concurrency_slot("clickhouse_customers", "other-run", "sync_customers")
+        assert held.is_claimed
+        results = []
+        waiting = threading.Thread(target=lambda: results.append(run_sync(instance)))
+        waiting.start()
+        waiting.join(timeout=5)
+        assert waiting.is_alive(), "the run went ahead while the table's pool slot was taken"
+
+        storage.free_concurrency_slots_for_run("other-run")
+        waiting.join(timeout=120)
+
+    assert results and results[0].success

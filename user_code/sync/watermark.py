@@ -22,11 +22,6 @@ class Cursor:
         """The lower bound of the next read, or None to read everything."""
         return None if self.last_value is None else self.last_value - self.lookback
 
-    def advance(self, seen: datetime | None) -> "Cursor":
-        if seen is None or (self.last_value is not None and seen <= self.last_value):
-            return self
-        return Cursor(self.column, seen, self.lookback)
-
 
 def to_text(value: datetime | None) -> str | None:
     return None if value is None else as_utc(value).isoformat(timespec="microseconds")

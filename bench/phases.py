@@ -128,7 +128,7 @@ def explain(table: TableSync, created_at: datetime, updated_at: datetime) -> dic
 def run(pg_url: str, chdb_dir: str, rows: int) -> dict:
     client = clickhouse_connect.get_client(dsn=f"chdb://{chdb_dir}")
     with connect(pg_url) as postgres:
-        table = TableSync(SPEC, postgres, client, "pg2ch")
+        table = TableSync(SPEC.settings, postgres, client, "pg2ch")
         native_target = dataclasses.replace(table.target, database="native")
         baseline_rss = peak_rss_mb()
         loads: list[Timing] = []

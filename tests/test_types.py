@@ -104,7 +104,7 @@ def _table_sync(pg, ch, clickhouse) -> TableSync:
             ]
         }
     )
-    return TableSync(config.tables[0], pg, ch, clickhouse.database)
+    return TableSync(config.tables[0].settings, pg, ch, clickhouse.database)
 
 
 def _same(expected, actual) -> bool:

@@ -15,10 +15,10 @@ from datetime import datetime, timedelta
 import dagster as dg
 
 from user_code.config import TableSpec
-from user_code.resources import ClickHouseResource, PostgresResource
+from user_code.resources import ClickHouseResource, PostgresResource, open_table
 from user_code.sync.errors import ConnectionFailed, SyncError
 from user_code.sync.extract import latest_timestamps
-from user_code.sync.table_sync import StepResult, TableSync
+from user_code.sync.table_sync import StepResult
 from user_code.sync.watermark import Cursor, from_text, latest, to_text
 
 CREATED_AT_WATERMARK = "created_at_watermark"
@@ -105,8 +105,7 @@ def _sync_table(
 ) -> Iterator[dg.MaterializeResult]:
     selected = context.selected_asset_keys
     created_at, updated_at = stored_watermarks(context.instance, keys)
-    with postgres.connect() as connection, clickhouse.get_client() as client:
-        table = TableSync(spec, connection, client, clickhouse.database, log=context.log.info)
+    with open_table(spec, postgres, clickhouse, context.log.info) as table:
         target = table.target.qualified_name
         was_loaded = not table.prepare() and (
             context.instance.get_latest_materialization_event(keys.initial_load) is not None
@@ -131,7 +130,7 @@ def _sync_table(
         if keys.updates in selected:
             result = table.updates(Cursor(spec.updated_at, updated_at, spec.lookback), created_at)
             updated_at = latest(updated_at, result.updated_at)
-            (source_latest,) = latest_timestamps(connection, spec.source, [spec.updated_at])
+            (source_latest,) = latest_timestamps(table.postgres, spec.source, [spec.updated_at])
             lag = source_latest - updated_at if source_latest and updated_at else timedelta(0)
             yield _materialization(
                 keys.updates,
@@ -218,10 +217,8 @@ def build_table_assets(spec: TableSpec) -> list[dg.AssetsDefinition]:
     ) -> dg.MaterializeResult:
         with (
             _failures_explained(),
-            postgres.connect() as connection,
-            clickhouse.get_client() as client,
+            open_table(spec, postgres, clickhouse, context.log.info) as table,
         ):
-            table = TableSync(spec, connection, client, clickhouse.database, context.log.info)
             table.prepare()
             started = time.monotonic()
             result = table.reconcile_deletes()

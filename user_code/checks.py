@@ -6,10 +6,9 @@ import dagster as dg
 
 from user_code.assets import TableKeys, stored_watermarks
 from user_code.config import TableSpec
-from user_code.resources import ClickHouseResource, PostgresResource
+from user_code.resources import ClickHouseResource, PostgresResource, open_table
 from user_code.sync.extract import count_rows, latest_timestamps
 from user_code.sync.load import count_live_rows
-from user_code.sync.table_sync import TableSync
 from user_code.sync.watermark import to_text
 
 ROW_COUNT_PARITY, FRESHNESS, CONTENT_CHECKSUM = "row_count_parity", "freshness", "content_checksum"
@@ -30,12 +29,11 @@ def build_table_checks(spec: TableSpec) -> list[dg.AssetChecksDefinition]:
     def row_count_parity(
         postgres: PostgresResource, clickhouse: ClickHouseResource
     ) -> dg.AssetCheckResult:
-        with postgres.connect() as connection, clickhouse.get_client() as client:
-            table = TableSync(spec, connection, client, clickhouse.database)
+        with open_table(spec, postgres, clickhouse) as table:
             source_rows = count_rows(
-                connection, spec.source, table.source.live_row_filter(spec.soft_delete)
+                table.postgres, spec.source, table.source.live_row_filter(spec.soft_delete)
             )
-            clickhouse_rows = count_live_rows(client, table.target)
+            clickhouse_rows = count_live_rows(table.clickhouse, table.target)
         return dg.AssetCheckResult(
             passed=source_rows == clickhouse_rows,
             severity=dg.AssetCheckSeverity.WARN,
@@ -84,8 +82,8 @@ def build_table_checks(spec: TableSpec) -> list[dg.AssetChecksDefinition]:
     def content_checksum(
         postgres: PostgresResource, clickhouse: ClickHouseResource
     ) -> dg.AssetCheckResult:
-        with postgres.connect() as connection, clickhouse.get_client() as client:
-            comparison = TableSync(spec, connection, client, clickhouse.database).compare_content()
+        with open_table(spec, postgres, clickhouse) as table:
+            comparison = table.compare_content()
         return dg.AssetCheckResult(
             passed=comparison.equal,
             severity=dg.AssetCheckSeverity.WARN,

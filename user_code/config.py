@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from user_code.sync.errors import SyncError
+from user_code.sync.table_sync import TableSettings
 
 DEFAULT_LOOKBACK = timedelta(minutes=5)
 # ClickHouse table names double as Dagster asset keys, which allow only these characters.
@@ -93,6 +94,18 @@ class TableSpec(BaseModel):
     @property
     def target_table(self) -> str:
         return self.target or self.table_name
+
+    @property
+    def settings(self) -> TableSettings:
+        """This table as the sync engine takes it."""
+        return TableSettings(
+            source=self.source,
+            target=self.target_table,
+            primary_key=tuple(self.primary_key),
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            soft_delete=self.soft_delete,
+        )
 
 
 class SyncConfig(BaseModel):

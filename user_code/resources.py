@@ -1,6 +1,6 @@
 """Postgres and ClickHouse as Dagster resources; embedded or server is decided here, by URL."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from urllib.parse import parse_qs, urlsplit
 
@@ -10,8 +10,10 @@ import dagster as dg
 from clickhouse_connect.driver.client import Client
 from pydantic import Field
 
+from user_code.config import TableSpec
 from user_code.sync import extract
 from user_code.sync.errors import ConnectionFailed, describe_url, redact, require_scheme
+from user_code.sync.table_sync import TableSync
 
 
 def is_embedded(clickhouse_url: str) -> bool:
@@ -70,6 +72,18 @@ class ClickHouseResource(dg.ConfigurableResource):
             yield client
         finally:
             client.close()
+
+
+@contextmanager
+def open_table(
+    spec: TableSpec,
+    postgres: PostgresResource,
+    clickhouse: ClickHouseResource,
+    log: Callable[[str], None] = lambda message: None,
+) -> Iterator[TableSync]:
+    """One table's sync engine, on its own connections to both databases."""
+    with postgres.connect() as connection, clickhouse.get_client() as client:
+        yield TableSync(spec.settings, connection, client, clickhouse.database, log)
 
 
 def build_resources() -> dict[str, dg.ConfigurableResource]:

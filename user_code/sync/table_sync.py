@@ -9,7 +9,6 @@ import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
-from user_code.config import TableSpec
 from user_code.sync.compare import (
     Comparison,
     KeyRanges,
@@ -38,6 +37,18 @@ _TIMESTAMP_TYPES = {"timestamp", "timestamptz"}
 
 
 @dataclass(frozen=True)
+class TableSettings:
+    """What the engine needs to know of one table, whatever configuration it came from."""
+
+    source: str  # schema.table in Postgres
+    target: str  # the ClickHouse table's name
+    primary_key: tuple[str, ...]
+    created_at: str
+    updated_at: str
+    soft_delete: str | None = None
+
+
+@dataclass(frozen=True)
 class StepResult:
     rows_read: int
     rows_written: int
@@ -53,7 +64,7 @@ class StepResult:
 class TableSync:
     def __init__(
         self,
-        spec: TableSpec,
+        spec: TableSettings,
         postgres: adbc.Connection,
         clickhouse: Client,
         database: str,
@@ -67,9 +78,9 @@ class TableSync:
         self._check_columns()
         self.target = TargetTable(
             database=database,
-            name=spec.target_table,
+            name=spec.target,
             columns=self.source.mappings,
-            primary_key=tuple(spec.primary_key),
+            primary_key=spec.primary_key,
             version_column=spec.updated_at,
         )
 

@@ -2,7 +2,7 @@
 
 Everything lives under `.dev/`: an embedded PostgreSQL with the demo `customers` table (seeded
 on first start, then kept busy by a traffic generator), ClickHouse in-process through chDB, and
-Dagster's instance. `dagster dev` serves the UI and runs the daemon, whose schedule and sensor
+Dagster's instance. `dg dev` serves the UI and runs the daemon, whose schedule and sensor
 start the syncs. PG_URL or CLICKHOUSE_URL set in the environment are used instead of the
 embedded engines; a database of yours is neither seeded nor sent traffic.
 
@@ -143,8 +143,8 @@ def main() -> int:
         deployment.wait_until_loaded()
         postgres_lines = _postgres_lines(postgres, pg_url, seeded_rows)
         print(banner(deployment, postgres_lines, _clickhouse_lines(clickhouse_url)), flush=True)
-        (dagster_dev,) = deployment.services
-        return dagster_dev.process.wait()
+        (dg_dev,) = deployment.services
+        return dg_dev.process.wait()
     except KeyboardInterrupt:
         print("\nstopping pg2ch dev ...", flush=True)
         return 0

@@ -27,7 +27,9 @@ from psycopg2 import sql
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CODE_MODULE = "user_code.definitions"
-LOCATION_NAME = CODE_MODULE  # Dagster names a python_module location after its module
+# One name everywhere: `dg dev` (pyproject.toml's [tool.dg.project]), the e2e workspace, and
+# the chart's user-code deployment (helm/values.yaml).
+LOCATION_NAME = "pg2ch"
 REPOSITORY_NAME = "__repository__"  # the repository Dagster builds from a `Definitions`
 _BIN = Path(sys.executable).parent
 
@@ -97,7 +99,11 @@ def write_instance(dagster_home: Path, storage_url: str | None = None) -> Path:
 
 def write_workspace(dagster_home: Path) -> Path:
     """`workspace.yaml` loading the code location from this checkout, as a deployment does."""
-    entry = {"module_name": CODE_MODULE, "working_directory": str(REPO_ROOT)}
+    entry = {
+        "module_name": CODE_MODULE,
+        "working_directory": str(REPO_ROOT),
+        "location_name": LOCATION_NAME,
+    }
     path = dagster_home / "workspace.yaml"
     path.write_text(yaml.safe_dump({"load_from": [{"python_module": entry}]}, sort_keys=False))
     return path
@@ -214,7 +220,7 @@ def stop_services(services: list[Service], timeout: float = 30) -> None:
 class Deployment:
     """Dagster's processes for one DAGSTER_HOME, started and stopped together.
 
-    `log_dir=None` sends their output to this terminal, as `dagster dev` users expect.
+    `log_dir=None` sends their output to this terminal, as `dg dev` users expect.
     """
 
     env: dict[str, str]
@@ -232,10 +238,14 @@ class Deployment:
         return Path(self.env["DAGSTER_HOME"])
 
     def start_dev(self) -> None:
-        """`dagster dev`: webserver and daemon in one command, for a developer's machine."""
-        args = [str(_BIN / "dagster"), "dev", "-m", CODE_MODULE]
-        args += ["-h", self.host, "-p", str(self.port)]
-        self.services = [start_service("dagster-dev", args, self.env, self.log_dir)]
+        """`dg dev`: webserver and daemon in one command, for a developer's machine.
+
+        It loads the project that pyproject.toml's [tool.dg] declares, with this interpreter's
+        virtualenv (VIRTUAL_ENV tells `dg` which one is active).
+        """
+        args = [str(_BIN / "dg"), "dev", "--host", self.host, "--port", str(self.port)]
+        env = {**self.env, "VIRTUAL_ENV": sys.prefix}
+        self.services = [start_service("dg-dev", args, env, self.log_dir)]
 
     def start_separately(self) -> None:
         """`dagster-daemon run` and `dagster-webserver` as two processes, as a deployment runs

@@ -11,6 +11,7 @@ import pytest
 from sync_support import ORDER_LINES, demo_config, run_sync
 
 from demo.seed import insert_customers
+from demo.stack import REPO_ROOT
 from user_code.automation import build_sensor
 from user_code.definitions import build_definitions
 from user_code.resources import PostgresResource
@@ -103,8 +104,21 @@ def test_sensor_requests_a_run_only_when_the_source_is_ahead(sync_env, customers
     assert isinstance(evaluate(), dg.SkipReason)
 
 
-def test_dagster_job_execute_from_the_command_line(pg_url, pg, tmp_path: Path):
-    """The README's command, in its own process with its own chDB directory, on a table
+_BIN = Path(sys.executable).parent
+RUN_COMMANDS = {
+    # what a run pod and a shell user without `dg` run
+    "dagster job execute": [
+        str(_BIN / "dagster"),
+        *("job", "execute", "-m", "user_code.definitions", "-j", "postgres_to_clickhouse"),
+    ],
+    # the dg project's way, from the repository root (pyproject.toml's [tool.dg])
+    "dg launch": [str(_BIN / "dg"), "launch", "--job", "postgres_to_clickhouse"],
+}
+
+
+@pytest.mark.parametrize("command", RUN_COMMANDS.values(), ids=RUN_COMMANDS.keys())
+def test_the_job_runs_from_the_command_line(command, pg_url, pg, tmp_path: Path):
+    """The README's commands, in their own process with their own chDB directory, on a table
     named by SYNC_CONFIG."""
     with pg.cursor() as cursor:
         cursor.execute(ORDER_LINES)
@@ -129,18 +143,12 @@ def test_dagster_job_execute_from_the_command_line(pg_url, pg, tmp_path: Path):
         "CLICKHOUSE_URL": f"chdb://{tmp_path / 'clickhouse'}?database=analytics",
         "SYNC_CONFIG": str(sync_config),
         "DAGSTER_HOME": str(home),
+        "VIRTUAL_ENV": sys.prefix,
     }
-    command = [
-        *(Path(sys.executable).parent / "dagster",),
-        "job",
-        "execute",
-        "-m",
-        "user_code.definitions",
-        "-j",
-        "postgres_to_clickhouse",
-    ]
 
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
 
     assert completed.returncode == 0, completed.stderr[-3000:]
     with dg.DagsterInstance.from_config(str(home)) as instance:

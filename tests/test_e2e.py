@@ -231,3 +231,26 @@ def test_watermark_survives_a_restart(deployment, instance, source):
         insert_customers(source, 30)
         run = first_run(deployment, instance, restarted_at, started_by=SENSOR)
     assert_synced(run, new_rows=30, source=source)
+
+
+def test_dg_dev_serves_the_project(source_url, tmp_path: Path):
+    """`make dev`'s command: `dg dev` loads the project pyproject.toml declares, under the
+    location name the cluster uses, with no superseded-command warning, and stops cleanly."""
+    dagster_home = tmp_path / "dagster_home"
+    write_instance(dagster_home)
+    env = sync_environment(
+        source_url, f"chdb://{tmp_path / 'clickhouse'}?database=analytics", dagster_home
+    )
+    env.pop("SYNC_CONFIG", None)
+    deployment = Deployment(env, port=free_port(), log_dir=tmp_path)
+    try:
+        deployment.start_dev()
+        deployment.wait_until_loaded()
+        entries = graphql(deployment.url, _WORKSPACE)["workspaceOrError"]["locationEntries"]
+        assert [entry["name"] for entry in entries] == [LOCATION_NAME]
+    finally:
+        deployment.stop()
+    assert not deployment.stray_processes(), "processes outlived dg dev"
+    logs = (tmp_path / "dg-dev.log").read_text()
+    assert "Serving dagster-webserver" in logs
+    assert "superseded" not in logs.lower(), logs

@@ -60,9 +60,10 @@ def test_invalid_table_entry_names_table_and_field(table, message):
     assert f"tables[0] (public.t): {message}" in str(error.value)
 
 
-def test_source_must_be_schema_qualified():
-    with pytest.raises(SyncError, match=r"tables\[0\] \(customers\): source: .*schema\.table"):
-        parse_sync_config({"tables": [{"source": "customers", "primary_key": ["id"],
+@pytest.mark.parametrize("source", ["customers", 'public."unterminated', "a.b.c"])
+def test_source_must_be_schema_qualified(source):
+    with pytest.raises(SyncError, match=r"tables\[0\] \(.*\): source: .*schema\.table"):
+        parse_sync_config({"tables": [{"source": source, "primary_key": ["id"],
                                        "created_at": "c", "updated_at": "u"}]})  # fmt: skip
 
 

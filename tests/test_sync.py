@@ -12,8 +12,8 @@ from demo.seed import insert_customers, update_customers
 pytestmark = pytest.mark.usefixtures("sync_env")
 
 
-def clickhouse_rows(ch, clickhouse, final: bool = True) -> int:
-    table = f"`{clickhouse.database}`.`customers`"
+def clickhouse_rows(ch, clickhouse, final: bool = True, table: str = "customers") -> int:
+    table = f"`{clickhouse.database}`.`{table}`"
     return ch.query(f"SELECT count() FROM {table}{' FINAL' if final else ''}").result_rows[0][0]
 
 
@@ -70,6 +70,20 @@ def test_rerun_without_changes_writes_nothing(customers, ch, clickhouse):
     assert clickhouse_rows(ch, clickhouse, final=False) == stored_rows == 1000
 
 
+def test_rerun_on_a_table_at_rest_rereads_only_the_lookback(customers):
+    """With no transaction open, a read needs no overlap beyond `lookback` (one minute): of
+    ten minutes of rows, a rerun reads the last minute's again (301 with the former five)."""
+    instance = dg.DagsterInstance.ephemeral()
+    ended = datetime.now(UTC) - timedelta(hours=1)
+    insert_customers(customers, 600, ending_at=ended, spacing=timedelta(seconds=1))
+    run_sync(instance)
+
+    steps = step_metadata(run_sync(instance))
+
+    assert steps["new_records"]["rows_read"] == steps["updates"]["rows_read"] == 61
+    assert steps["new_records"]["held_back_s"] == steps["updates"]["held_back_s"] == 0
+
+
 def test_watermark_survives_a_new_instance(customers, ch, clickhouse, tmp_path):
     insert_customers(customers, 1000, ending_at="2020-01-01")
     with dg.DagsterInstance.local_temp(str(tmp_path)) as instance:
@@ -89,10 +103,10 @@ def test_late_commit_within_lookback_is_not_lost(customers, ch, clickhouse):
     insert_customers(customers, 100)
     run_sync(instance)
 
-    # A transaction that started two minutes ago commits now: its timestamps are behind
-    # the stored watermark, but inside the five-minute lookback.
+    # Rows an application stamped with its own clock 30 s ago commit now: their timestamps are
+    # behind the stored watermark, but inside the one-minute lookback.
     now = datetime.now(UTC)
-    insert_customers(customers, 1, ending_at=now - timedelta(minutes=2))
+    insert_customers(customers, 1, ending_at=now - timedelta(seconds=30))
     insert_customers(customers, 1, ending_at=now - timedelta(hours=1))
     run_sync(instance)
 
@@ -166,3 +180,19 @@ def test_configuration_error_fails_the_run_without_retries(customers):
     assert "public.customers: no column 'no_such_column' in Postgres" in failure.message
     retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert retries == []
+
+
+@pytest.mark.parametrize("source", ['public."Mixed Case"', "public.Mixed Case"])
+def test_source_written_the_sql_way_or_plain(customers, ch, clickhouse, source):
+    with customers.cursor() as cursor:
+        cursor.execute(
+            'CREATE TABLE public."Mixed Case" (id int PRIMARY KEY, '
+            "created_at timestamptz NOT NULL DEFAULT now(), "
+            "updated_at timestamptz NOT NULL DEFAULT now())"
+        )
+        cursor.execute('INSERT INTO public."Mixed Case" (id) SELECT generate_series(1, 3)')
+    customers.commit()
+    config = demo_config(source=source, target="mixed_case")
+
+    assert run_sync(dg.DagsterInstance.ephemeral(), config).success
+    assert clickhouse_rows(ch, clickhouse, table="mixed_case") == 3

@@ -91,19 +91,15 @@ def _create_source(pg, column_type: str, literals: list[str]) -> None:
     pg.commit()
 
 
-def _table_sync(pg, ch, clickhouse) -> TableSync:
-    config = parse_sync_config(
-        {
-            "tables": [
-                {
-                    "source": "public.t",
-                    "primary_key": ["id"],
-                    "created_at": "created_at",
-                    "updated_at": "updated_at",
-                }
-            ]
-        }
-    )
+def _table_sync(pg, ch, clickhouse, **options) -> TableSync:
+    table = {
+        "source": "public.t",
+        "primary_key": ["id"],
+        "created_at": "created_at",
+        "updated_at": "updated_at",
+        **options,
+    }
+    config = parse_sync_config({"tables": [table]})
     return TableSync(config.tables[0].settings, pg, ch, clickhouse.database)
 
 
@@ -137,6 +133,34 @@ def test_type_round_trips(
     rows = ch.query(f"SELECT {read_back} FROM {table.target.qualified_name} ORDER BY id")
     actual = [row[0] for row in rows.result_rows]
     assert all(_same(e, a) for e, a in zip(expected, actual, strict=True)), actual
+
+
+UUID = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+
+
+@pytest.mark.parametrize(
+    ("column_type", "array_literal", "clickhouse_type", "read_back", "expected"),
+    [
+        ("text[]", "'{a,NULL,\"b c\"}'", "Array(Nullable(String))", "v",
+         [[], [], ["a", None, "b c"]]),
+        ("uuid[]", f"'{{{UUID},NULL}}'", "Array(Nullable(UUID))",
+         "arrayMap(x -> toString(x), v)", [[], [], [UUID, None]]),
+    ],
+)  # fmt: skip
+def test_nullable_arrays_as_native_arrays(
+    pg, ch, clickhouse, column_type, array_literal, clickhouse_type, read_back, expected
+):
+    """`nullable_arrays: array`: a native Array for array functions; NULL is read as []."""
+    _create_source(pg, column_type, ["NULL", "'{}'", array_literal])
+    table = _table_sync(pg, ch, clickhouse, nullable_arrays="array")
+    table.prepare()
+    table.snapshot()
+
+    rows = ch.query(
+        f"SELECT toTypeName(v), {read_back} FROM {table.target.qualified_name} ORDER BY id"
+    ).result_rows
+    assert [row[0] for row in rows] == [clickhouse_type] * 3
+    assert [row[1] for row in rows] == expected
 
 
 @pytest.mark.parametrize("column_type", ["money", "point", "tsvector"])

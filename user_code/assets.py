@@ -6,6 +6,7 @@ each materialization, read back from the Dagster instance: they survive restarts
 UI, and are stored only after ClickHouse acknowledged every insert of the step.
 """
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,9 @@ from user_code.sync.watermark import Cursor, from_text, latest, to_text
 
 CREATED_AT_WATERMARK = "created_at_watermark"
 UPDATED_AT_WATERMARK = "updated_at_watermark"
+# When the oldest transaction open in the source began, as the step's read began: the next
+# read starts there at the latest (see user_code/sync/watermark.py).
+OPEN_SINCE = "oldest_open_transaction"
 
 SYNC_RETRY_POLICY = dg.RetryPolicy(
     max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
@@ -50,27 +54,52 @@ class TableKeys:
         return dg.AssetCheckKey(self.updates, name)
 
 
-def _stored(instance: dg.DagsterInstance, key: dg.AssetKey, field: str) -> datetime | None:
+def _latest_materialization(
+    instance: dg.DagsterInstance, key: dg.AssetKey
+) -> dg.EventLogEntry | None:
     event = instance.get_latest_materialization_event(key)
-    if event is None or event.asset_materialization is None:
-        return None
-    value = event.asset_materialization.metadata.get(field)
+    return event if event is not None and event.asset_materialization is not None else None
+
+
+def _stored_time(event: dg.EventLogEntry | None, field: str) -> datetime | None:
+    value = event.asset_materialization.metadata.get(field) if event else None
     return from_text(value.value if value is not None else None)
+
+
+@dataclass(frozen=True)
+class StoredCursor:
+    """What the steps that read one cursor column stored: the watermark (the latest of their
+    values) and the oldest transaction open when the most recent of their reads began."""
+
+    watermark: datetime | None
+    open_since: datetime | None
+
+    @classmethod
+    def of(
+        cls, instance: dg.DagsterInstance, field: str, steps: list[dg.AssetKey]
+    ) -> "StoredCursor":
+        events = [event for key in steps if (event := _latest_materialization(instance, key))]
+        last_read = max(events, key=lambda event: event.timestamp, default=None)
+        return cls(
+            latest(*(_stored_time(event, field) for event in events)),
+            _stored_time(last_read, OPEN_SINCE),
+        )
+
+
+def stored_cursors(instance: dg.DagsterInstance, keys: TableKeys) -> tuple[StoredCursor, ...]:
+    """The created_at and updated_at cursors of one table."""
+    return (
+        StoredCursor.of(instance, CREATED_AT_WATERMARK, [keys.initial_load, keys.new_records]),
+        StoredCursor.of(instance, UPDATED_AT_WATERMARK, [keys.initial_load, keys.updates]),
+    )
 
 
 def stored_watermarks(
     instance: dg.DagsterInstance, keys: TableKeys
 ) -> tuple[datetime | None, datetime | None]:
     """(created_at, updated_at) watermarks: the latest of what the steps stored."""
-    created_at = latest(
-        _stored(instance, keys.initial_load, CREATED_AT_WATERMARK),
-        _stored(instance, keys.new_records, CREATED_AT_WATERMARK),
-    )
-    updated_at = latest(
-        _stored(instance, keys.initial_load, UPDATED_AT_WATERMARK),
-        _stored(instance, keys.updates, UPDATED_AT_WATERMARK),
-    )
-    return created_at, updated_at
+    created_at, updated_at = stored_cursors(instance, keys)
+    return created_at.watermark, updated_at.watermark
 
 
 class SyncRunConfig(dg.Config):
@@ -81,15 +110,16 @@ class SyncRunConfig(dg.Config):
 def _materialization(
     key: dg.AssetKey, result: StepResult, table: str, **extra: datetime | float | None
 ) -> dg.MaterializeResult:
-    """Step metadata for the UI's plots; watermarks are stored as exact UTC text."""
+    """Step metadata for the UI's plots; times are stored as exact UTC text."""
     metadata: dict[str, object] = {
         "rows_read": result.rows_read,
         "rows_written": result.rows_written,
         "duration_s": round(result.seconds, 3),
         "rows_per_s": round(result.rows_per_second, 1),
+        "held_back_s": round(result.held_back.total_seconds(), 3),
         "clickhouse_table": table,
     }
-    for name, value in extra.items():
+    for name, value in {**extra, OPEN_SINCE: result.open_since}.items():
         if value is not None:
             metadata[name] = to_text(value) if isinstance(value, datetime) else value
     return dg.MaterializeResult(asset_key=key, metadata=metadata)
@@ -104,7 +134,7 @@ def _sync_table(
     clickhouse: ClickHouseResource,
 ) -> Iterator[dg.MaterializeResult]:
     selected = context.selected_asset_keys
-    created_at, updated_at = stored_watermarks(context.instance, keys)
+    created, updated = stored_cursors(context.instance, keys)
     with open_table(spec, postgres, clickhouse, context.log.info) as table:
         target = table.target.qualified_name
         was_loaded = not table.prepare() and (
@@ -113,23 +143,28 @@ def _sync_table(
         if keys.initial_load in selected and (config.full_refresh or not was_loaded):
             context.log.info(f"{spec.source}: initial load into {target}")
             result = table.snapshot()
-            created_at = latest(created_at, result.created_at)
-            updated_at = latest(updated_at, result.updated_at)
+            created = StoredCursor(latest(created.watermark, result.created_at), result.open_since)
+            updated = StoredCursor(latest(updated.watermark, result.updated_at), result.open_since)
             yield _materialization(
                 keys.initial_load,
                 result,
                 target,
-                **{CREATED_AT_WATERMARK: created_at, UPDATED_AT_WATERMARK: updated_at},
+                **{
+                    CREATED_AT_WATERMARK: created.watermark,
+                    UPDATED_AT_WATERMARK: updated.watermark,
+                },
             )
         if keys.new_records in selected:
-            result = table.new_records(Cursor(spec.created_at, created_at, spec.lookback))
-            created_at = latest(created_at, result.created_at)
+            cursor = Cursor(spec.created_at, created.watermark, spec.lookback, created.open_since)
+            result = table.new_records(cursor)
+            created = StoredCursor(latest(created.watermark, result.created_at), result.open_since)
             yield _materialization(
-                keys.new_records, result, target, **{CREATED_AT_WATERMARK: created_at}
+                keys.new_records, result, target, **{CREATED_AT_WATERMARK: created.watermark}
             )
         if keys.updates in selected:
-            result = table.updates(Cursor(spec.updated_at, updated_at, spec.lookback), created_at)
-            updated_at = latest(updated_at, result.updated_at)
+            cursor = Cursor(spec.updated_at, updated.watermark, spec.lookback, updated.open_since)
+            result = table.updates(cursor, created.watermark)
+            updated_at = latest(updated.watermark, result.updated_at)
             (source_latest,) = latest_timestamps(table.postgres, spec.source, [spec.updated_at])
             lag = source_latest - updated_at if source_latest and updated_at else timedelta(0)
             yield _materialization(
@@ -148,7 +183,7 @@ def _pool(spec: TableSpec) -> str:
 
 def _asset_attributes(spec: TableSpec) -> dict:
     return {
-        "group_name": spec.schema_name,
+        "group_name": re.sub(r"\W", "_", spec.schema_name),  # Dagster allows only \w here
         "owners": spec.owners,
         "kinds": {"postgres", "clickhouse"},
         "metadata": {"source": spec.source, "clickhouse_table": spec.target_table},

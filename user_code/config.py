@@ -4,14 +4,20 @@ import os
 import re
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from user_code.sync.errors import SyncError
+from user_code.sync.extract import split_table_name
 from user_code.sync.table_sync import TableSettings
 
-DEFAULT_LOOKBACK = timedelta(minutes=5)
+# Reads also start no later than the oldest transaction open at the previous read (see
+# user_code/sync/watermark.py), which covers rows stamped by the database clock however long
+# their transaction stays open. `lookback` is left to cover rows stamped by another clock (an
+# application's): its skew and the time between stamping and commit.
+DEFAULT_LOOKBACK = timedelta(minutes=1)
 # ClickHouse table names double as Dagster asset keys, which allow only these characters.
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -45,8 +51,15 @@ class TableSpec(BaseModel):
         False,
         description="reconcile keys deleted in Postgres into tombstones (a key-range scan)",
     )
+    nullable_arrays: Literal["json", "array"] = Field(
+        "json",
+        description="nullable array columns: `json` keeps NULL, [] and [null] apart as JSON "
+        "text; `array` stores a native Array, NULL read as []",
+    )
     lookback: timedelta = Field(
-        DEFAULT_LOOKBACK, description="overlap of each read, for transactions that commit late"
+        DEFAULT_LOOKBACK,
+        description="overlap of each read, for rows stamped by an application's clock that "
+        "commit late",
     )
     freshness_limit: timedelta = Field(
         timedelta(minutes=30), description="largest lag before the freshness check fails"
@@ -55,9 +68,7 @@ class TableSpec(BaseModel):
     @field_validator("source")
     @classmethod
     def _qualified(cls, source: str) -> str:
-        schema, dot, table = source.partition(".")
-        if not dot or not schema or not table or "." in table:
-            raise ValueError("must be schema.table, e.g. public.customers")
+        split_table_name(source)
         return source
 
     @field_validator("target")
@@ -85,11 +96,11 @@ class TableSpec(BaseModel):
 
     @property
     def schema_name(self) -> str:
-        return self.source.partition(".")[0]
+        return split_table_name(self.source)[0]
 
     @property
     def table_name(self) -> str:
-        return self.source.partition(".")[2]
+        return split_table_name(self.source)[1]
 
     @property
     def target_table(self) -> str:
@@ -105,6 +116,7 @@ class TableSpec(BaseModel):
             created_at=self.created_at,
             updated_at=self.updated_at,
             soft_delete=self.soft_delete,
+            null_arrays_as_empty=self.nullable_arrays == "array",
         )
 
 

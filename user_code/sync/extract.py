@@ -1,5 +1,6 @@
 """Postgres -> Arrow record batches: the catalog, the snapshot and the cursor query."""
 
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -39,6 +40,11 @@ SELECT oid::bigint, typname::text, typtype::text, typbasetype::bigint, typtypmod
 FROM pg_catalog.pg_type
 """
 
+# `reset_val`: the zone sessions start with (the sync's own sessions switch to UTC).
+_WALL_TIME_SQL = """
+SELECT $1::timestamptz AT TIME ZONE reset_val FROM pg_catalog.pg_settings WHERE name = 'TimeZone'
+"""
+
 _COLUMNS_SQL = """
 SELECT attname::text, atttypid::bigint, atttypmod, attnotnull
 FROM pg_catalog.pg_attribute
@@ -47,13 +53,35 @@ ORDER BY attnum
 """
 
 
+# The sync's sessions call themselves this, so their own reads never hold back the read start.
+APPLICATION_NAME = "pg2ch"
+# `schema.table`, each part double-quoted the SQL way, or plain: taken as written, any
+# character but a dot, not starting with a double quote.
+_NAME_PART = r'"(?:[^"]|"")+"|[^".][^.]*'
+_QUALIFIED_NAME = re.compile(rf"({_NAME_PART})\.({_NAME_PART})")
+
+
 def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def split_table_name(source: str) -> tuple[str, str]:
+    """(schema, table) of `public.customers` or `public."Mixed Case"`; ValueError otherwise.
+
+    A plain part is the name exactly as written (no case folding); a quoted part is unquoted.
+    """
+    match = _QUALIFIED_NAME.fullmatch(source)
+    if match is None:
+        raise ValueError('must be schema.table, e.g. public.customers or public."Mixed Case"')
+    return tuple(_unquote(part) for part in match.groups())
+
+
+def _unquote(part: str) -> str:
+    return part[1:-1].replace('""', '"') if part.startswith('"') else part
+
+
 def quote_table(source: str) -> str:
-    schema, _, table = source.rpartition(".")
-    return f"{quote_identifier(schema or 'public')}.{quote_identifier(table)}"
+    return ".".join(quote_identifier(part) for part in split_table_name(source))
 
 
 @contextmanager
@@ -71,6 +99,7 @@ def connect(url: str) -> Iterator[adbc.Connection]:
         with connection.cursor() as cursor:
             cursor.execute("SET TIME ZONE 'UTC'")
             cursor.execute("SET IntervalStyle = 'iso_8601'")
+            cursor.execute(f"SET application_name = '{APPLICATION_NAME}'")
         connection.commit()
         yield connection
     finally:
@@ -117,9 +146,12 @@ class SourceTable:
     mappings: tuple[ColumnMapping, ...]
 
     @classmethod
-    def from_catalog(cls, connection: adbc.Connection, source: str) -> "SourceTable":
+    def from_catalog(
+        cls, connection: adbc.Connection, source: str, null_arrays_as_empty: bool = False
+    ) -> "SourceTable":
         columns = tuple(read_columns(connection, source))
-        return cls(source, columns, tuple(map_column(source, column) for column in columns))
+        mappings = tuple(map_column(source, c, null_arrays_as_empty) for c in columns)
+        return cls(source, columns, mappings)
 
     def column(self, name: str) -> PgColumn:
         for column in self.columns:
@@ -165,6 +197,16 @@ class SourceTable:
         utc = as_utc(value)
         is_naive = self.column(column_name).type.name == "timestamp"
         return utc.replace(tzinfo=None) if is_naive else utc
+
+    def in_column_terms(
+        self, connection: adbc.Connection, column_name: str, instant: datetime
+    ) -> datetime:
+        """`instant` as the column's values express it. A `timestamp` column (no time zone)
+        filled by the database clock holds wall time in the server's default time zone."""
+        if self.column(column_name).type.name != "timestamp":
+            return instant
+        ((wall_time,),) = fetch_all(connection, _WALL_TIME_SQL, (as_utc(instant),))
+        return as_utc(wall_time)
 
     def read(
         self, connection: adbc.Connection, sql: str, parameters: tuple = ()
@@ -310,6 +352,58 @@ def latest_timestamps(
     select_list = ", ".join(f"max({quote_identifier(c)})" for c in columns)
     row = fetch_all(connection, f"SELECT {select_list} FROM {quote_table(source)}")[0]
     return [None if value is None else as_utc(value) for value in row]
+
+
+# The start time of the oldest transaction open in this database, other than the sync's own
+# sessions; with none open, this statement's transaction start. A transaction that has not
+# written yet counts too: it can still stamp rows with its start time (`now()`) later.
+_OPEN_SINCE_SQL = f"""
+SELECT pg_is_in_recovery(),
+       pg_has_role('pg_read_all_stats', 'USAGE'),
+       least(now(), min(xact_start))
+FROM pg_catalog.pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()
+  AND backend_type = 'client backend' AND xact_start IS NOT NULL
+  AND application_name IS DISTINCT FROM '{APPLICATION_NAME}'
+"""
+UNSEEN_ON_REPLICA = (
+    "Postgres is a read replica, which cannot see the primary's open transactions: reads "
+    "start at watermark - lookback only, so a transaction open longer than `lookback` on the "
+    "primary can commit rows the next read misses; point PG_URL at the primary to close that."
+)
+UNSEEN_WITHOUT_GRANT = (
+    "the sync's role cannot see other sessions' transactions: reads start at watermark - "
+    "lookback only, so a transaction open longer than `lookback` can commit rows the next read "
+    "misses; run `GRANT pg_read_all_stats TO <the sync's role>` (or pg_monitor) to close that."
+)
+
+
+@dataclass(frozen=True)
+class OpenTransactions:
+    """What a read may have missed: rows of transactions open when it began.
+
+    Every row committed after a read's snapshot comes from a transaction that started at or
+    after `since`, so if stamped by the database clock (`now()`, a default, a trigger) its
+    timestamp is `since` or later. `since` is None where Postgres does not show it (`unseen`).
+    """
+
+    since: datetime | None
+    unseen: str | None = None
+
+
+def open_transactions(connection: adbc.Connection) -> OpenTransactions:
+    """Taken before a read's snapshot, in a transaction of its own: Postgres keeps one
+    pg_stat_activity snapshot per transaction."""
+    connection.rollback()
+    try:
+        ((on_replica, sees_every_session, since),) = fetch_all(connection, _OPEN_SINCE_SQL)
+    finally:
+        connection.rollback()
+    if on_replica:
+        return OpenTransactions(None, UNSEEN_ON_REPLICA)
+    if not sees_every_session:
+        return OpenTransactions(None, UNSEEN_WITHOUT_GRANT)
+    return OpenTransactions(as_utc(since))
 
 
 _UNIQUE_KEYS_SQL = """

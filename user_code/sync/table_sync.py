@@ -2,8 +2,8 @@
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
 import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
@@ -18,10 +18,12 @@ from user_code.sync.compare import (
 )
 from user_code.sync.errors import SyncError
 from user_code.sync.extract import (
+    OpenTransactions,
     SourceTable,
     count_rows,
     has_unique_key,
     max_timestamp,
+    open_transactions,
     read_ahead,
 )
 from user_code.sync.load import (
@@ -46,6 +48,7 @@ class TableSettings:
     created_at: str
     updated_at: str
     soft_delete: str | None = None
+    null_arrays_as_empty: bool = False  # nullable arrays as native Arrays, not JSON text
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class StepResult:
     seconds: float
     created_at: datetime | None  # the largest created_at among the rows read
     updated_at: datetime | None
+    open_since: datetime | None  # the oldest transaction open as the read began, if known
+    held_back: timedelta  # how much earlier an open transaction made the read start
 
     @property
     def rows_per_second(self) -> float:
@@ -74,7 +79,8 @@ class TableSync:
         self.postgres = postgres
         self.clickhouse = clickhouse
         self.log = log
-        self.source = SourceTable.from_catalog(postgres, spec.source)
+        self._told_unseen = False
+        self.source = SourceTable.from_catalog(postgres, spec.source, spec.null_arrays_as_empty)
         self._check_columns()
         self.target = TargetTable(
             database=database,
@@ -115,30 +121,55 @@ class TableSync:
         return ensure_table(self.clickhouse, self.target)
 
     def snapshot(self) -> StepResult:
-        return self._copy(self.source.select_sql(), (), since=None)
+        return self._copy(self.source.select_sql(), (), cursor=None)
 
     def new_records(self, cursor: Cursor) -> StepResult:
+        cursor = self._in_column_terms(cursor)
         if cursor.start is None:
             return self.snapshot()
         sql = self.source.cursor_sql(cursor.column)
-        return self._copy(sql, (self.source.bind(cursor.column, cursor.start),), cursor.start)
+        return self._copy(sql, (self.source.bind(cursor.column, cursor.start),), cursor)
 
     def updates(self, cursor: Cursor, created_up_to: datetime | None) -> StepResult:
         """Rows changed since the cursor among those created up to the new-records watermark."""
+        cursor = self._in_column_terms(cursor)
         if cursor.start is None:
             return self.snapshot()
         start = self.source.bind(cursor.column, cursor.start)
         if created_up_to is None:
-            return self._copy(self.source.cursor_sql(cursor.column), (start,), cursor.start)
+            return self._copy(self.source.cursor_sql(cursor.column), (start,), cursor)
         sql = self.source.cursor_sql(cursor.column, self.spec.created_at)
         bound = self.source.bind(self.spec.created_at, created_up_to)
-        return self._copy(sql, (start, bound), cursor.start)
+        return self._copy(sql, (start, bound), cursor)
 
-    def _copy(self, sql: str, parameters: tuple, since: datetime | None) -> StepResult:
+    def _in_column_terms(self, cursor: Cursor) -> Cursor:
+        """The cursor with its stored open-transaction time as the column's values express it."""
+        if cursor.open_since is None:
+            return cursor
+        since = self.source.in_column_terms(self.postgres, cursor.column, cursor.open_since)
+        cursor = replace(cursor, open_since=since)
+        if cursor.held_back:
+            self.log(
+                f"{self.spec.source}: a transaction open since {since} at the last read could "
+                f"still commit rows stamped then: `{cursor.column}` is read from there, "
+                f"{cursor.held_back} before watermark - lookback"
+            )
+        return cursor
+
+    def _open_transactions(self) -> OpenTransactions:
+        transactions = open_transactions(self.postgres)
+        if transactions.unseen and not self._told_unseen:
+            self.log(f"{self.spec.source}: {transactions.unseen}")
+            self._told_unseen = True
+        return transactions
+
+    def _copy(self, sql: str, parameters: tuple, cursor: Cursor | None) -> StepResult:
+        """Read `sql` into ClickHouse: everything, or from `cursor.start` on."""
+        transactions = self._open_transactions()
         started = time.monotonic()
         loaded = (
-            loaded_row_keys(self.clickhouse, self.target, since)
-            if since is not None
+            loaded_row_keys(self.clickhouse, self.target, cursor.start)
+            if cursor is not None
             else pa.array([], pa.string())
         )
         rows_read = rows_written = 0
@@ -156,8 +187,15 @@ class TableSync:
                 f"{self.spec.source}: {rows_read} rows read, {rows_written} written "
                 f"({rows_read / elapsed:,.0f} rows/s), updated_at up to {updated_at}"
             )
+        seconds = time.monotonic() - started
         return StepResult(
-            rows_read, rows_written, time.monotonic() - started, created_at, updated_at
+            rows_read,
+            rows_written,
+            seconds,
+            created_at,
+            updated_at,
+            transactions.since,
+            cursor.held_back if cursor else timedelta(0),
         )
 
     def reconcile_deletes(self) -> Reconciliation:

@@ -109,7 +109,8 @@ def _rule(table: str, column: PgColumn, pg_type: PgType) -> TypeRule:
     return rule
 
 
-def map_column(table: str, column: PgColumn) -> ColumnMapping:
+def map_column(table: str, column: PgColumn, null_array_as_empty: bool = False) -> ColumnMapping:
+    """`null_array_as_empty`: keep a nullable array column as a native Array, NULL read as []."""
     element = column.type.element
     if element is None:
         rule = _rule(table, column, column.type)
@@ -118,14 +119,15 @@ def map_column(table: str, column: PgColumn) -> ColumnMapping:
             clickhouse_type = f"Nullable({clickhouse_type})"
         return ColumnMapping(column.name, clickhouse_type, _cast(rule.read_cast))
     rule = _rule(table, column, element)
-    if column.nullable:
+    read_expression = _cast(rule.read_cast and f"{rule.read_cast}[]")
+    if column.nullable and null_array_as_empty:
+        read_expression = f"coalesce({read_expression}, '{{{{}}}}')"
+    elif column.nullable:
         # ClickHouse arrays cannot be NULL: a nullable array column is kept as its JSON text,
         # so NULL, [] and [null] stay three different values.
         return ColumnMapping(column.name, "Nullable(String)", "to_json({})::text")
     return ColumnMapping(
-        column.name,
-        f"Array(Nullable({rule.clickhouse_type(element.typmod)}))",
-        _cast(rule.read_cast and f"{rule.read_cast}[]"),
+        column.name, f"Array(Nullable({rule.clickhouse_type(element.typmod)}))", read_expression
     )
 
 

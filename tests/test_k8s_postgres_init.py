@@ -103,6 +103,18 @@ def test_the_sync_role_reads_but_cannot_write(source_socket):
             cur.execute("DELETE FROM public.customers")
 
 
+def test_the_sync_role_sees_when_other_sessions_transactions_began(source_socket):
+    """Without it, reads fall back to `lookback` alone (user_code/sync/extract.py)."""
+    with cursor(source_socket, "postgres") as writer, cursor(source_socket, READER) as cur:
+        writer.execute("SELECT now()")  # a transaction open in another role's session
+        (writer_started,) = writer.fetchone()
+        cur.execute(
+            "SELECT pg_has_role('pg_read_all_stats', 'USAGE'), min(xact_start) "
+            "FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND usename = 'postgres'"
+        )
+        assert cur.fetchone() == (True, writer_started)
+
+
 def test_sync_config_tables_and_columns_exist(source_socket):
     tables = yaml.safe_load(k8s_object("ConfigMap", "sync-config")["data"]["sync.yaml"])["tables"]
     assert tables

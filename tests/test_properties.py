@@ -1,5 +1,13 @@
-"""Random inserts, updates and deletes with syncs in between: ClickHouse always ends equal."""
+"""Random inserts, updates and deletes with syncs in between: ClickHouse always ends equal.
 
+`lookback: 0`, so rows that a transaction open across a sync commits late arrive only because
+reads start no later than the oldest open transaction. `PROPERTY_HISTORIES` sets how many
+random histories run (`make soak` runs 200).
+"""
+
+import os
+
+import adbc_driver_postgresql.dbapi as adbc
 import dagster as dg
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -10,7 +18,7 @@ from demo.seed import insert_customers
 
 pytestmark = pytest.mark.usefixtures("sync_env")
 
-CONFIG = demo_config(hard_deletes=True)
+CONFIG = demo_config(hard_deletes=True, lookback=0)
 
 change = st.one_of(
     st.tuples(st.just("insert"), st.integers(1, 40)),
@@ -18,6 +26,8 @@ change = st.one_of(
     st.tuples(st.just("null_email"), st.integers(2, 5), st.integers(0, 4)),
     st.tuples(st.just("delete"), st.integers(2, 7), st.integers(0, 6)),
     st.tuples(st.just("reinsert"), st.integers(1, 20)),
+    # an insert and an update in a transaction that stays open across the next sync
+    st.tuples(st.just("open_across_sync"), st.integers(2, 5), st.integers(0, 4)),
 )
 history = st.lists(st.lists(change, min_size=1, max_size=4), min_size=1, max_size=3)
 
@@ -28,6 +38,13 @@ _SQL = {
     "updated_at = clock_timestamp() WHERE id % $1 = $2",
     "delete": "DELETE FROM customers WHERE id % $1 = $2",
     # A key the identity already handed out (so later inserts never collide), if now free.
+    # The new row is stamped with the transaction's start (`now()`, the column default), behind
+    # rows committed meanwhile; the change with the time of the change, as a row's version
+    # must never go backwards (a `now()` there would, in a transaction older than the row's
+    # last change, and ClickHouse would keep the newer-stamped, older row).
+    "open_across_sync": "WITH touched AS (UPDATE customers SET name = name || '?', "
+    "updated_at = clock_timestamp() WHERE id % $1 = $2) "
+    "INSERT INTO customers (name, created_by, updated_by) VALUES ('late', 'x', 'x')",
     "reinsert": "INSERT INTO customers (id, name, created_by, updated_by) "
     "SELECT $1, 'again', 'x', 'x' WHERE NOT EXISTS (SELECT 1 FROM customers WHERE id = $1) "
     "AND $1 <= coalesce(pg_sequence_last_value("
@@ -35,23 +52,27 @@ _SQL = {
 }
 
 
-def apply(connection, step: tuple) -> None:
+def apply(connection, step: tuple, late_session) -> None:
     kind, *arguments = step
     if kind == "insert":
         insert_customers(connection, arguments[0])
         return
-    with connection.cursor() as cursor:
+    session = late_session if kind == "open_across_sync" else connection
+    with session.cursor() as cursor:
         cursor.execute(_SQL[kind], tuple(arguments))
-    connection.commit()
+    if session is connection:
+        connection.commit()
 
 
 @settings(
-    max_examples=12,
+    max_examples=int(os.environ.get("PROPERTY_HISTORIES", "12")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(history=history)
-def test_random_changes_then_sync_leave_both_sides_equal(customers, ch, clickhouse, history):
+def test_random_changes_then_sync_leave_both_sides_equal(
+    customers, pg_url, ch, clickhouse, history
+):
     with customers.cursor() as cursor:
         cursor.execute("TRUNCATE customers RESTART IDENTITY")
     customers.commit()
@@ -59,8 +80,14 @@ def test_random_changes_then_sync_leave_both_sides_equal(customers, ch, clickhou
     instance = dg.DagsterInstance.ephemeral()
 
     for changes in history:
-        for step in changes:
-            apply(customers, step)
+        with adbc.connect(pg_url) as late_session:  # an application's session, not the sync's
+            with late_session.cursor() as cursor:
+                cursor.execute("SELECT now()")  # begins: its rows are stamped with this time
+            # its writes last: their row locks would hold up the round's other writes
+            for step in sorted(changes, key=lambda step: step[0] == "open_across_sync"):
+                apply(customers, step, late_session)
+            run_sync(instance, CONFIG)
+            late_session.commit()
         run_sync(instance, CONFIG)
         run_sync(instance, CONFIG, job_name="verify_clickhouse")
         comparison = compare(CONFIG)

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import copy
 import random
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -82,3 +86,88 @@ def localized_value(key: str, value: str, addresses: dict[str, str], clickhouse_
     if url.scheme and url.hostname:
         return _with_host(value, loopback_host(url.hostname, addresses))
     return value
+
+
+@dataclass(frozen=True)
+class LocalPod:
+    """A pod's container as a local process: its command, its environment, its files."""
+
+    argv: list[str]
+    env: dict[str, str]
+    root: Path  # stands for the container's filesystem: mount paths live below it
+    readiness: list[str] | None  # the readiness probe's command, if it runs one
+
+    def path(self, pod_path: str) -> Path:
+        return self.root / pod_path.lstrip("/")
+
+
+def _container_env(container: dict[str, Any], objects: Objects) -> dict[str, str]:
+    def data(kind: str, name: str) -> dict[str, str]:
+        found = objects.of_kind(kind).get(name, {})
+        return {**(found.get("data") or {}), **(found.get("stringData") or {})}
+
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        for kind, field in [("ConfigMap", "configMapRef"), ("Secret", "secretRef")]:
+            if field in source:
+                env.update(data(kind, source[field]["name"]))
+    for entry in container.get("env", []):
+        value_from = entry.get("valueFrom", {})
+        for kind, field in [("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")]:
+            if field in value_from:
+                ref = value_from[field]
+                env[entry["name"]] = data(kind, ref["name"])[ref["key"]]
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+    return env
+
+
+def _write_volume(volume: dict[str, Any], mount: dict[str, Any], objects: Objects, target: Path):
+    if "configMap" not in volume:
+        target.mkdir(parents=True, exist_ok=True)  # emptyDir and the like
+        return
+    files = objects.get("ConfigMap", volume["configMap"]["name"])["data"]
+    if "subPath" in mount:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(files[mount["subPath"]])
+        return
+    items = volume["configMap"].get("items") or [{"key": k, "path": k} for k in files]
+    for item in items:
+        (target / item["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (target / item["path"]).write_text(files[item["key"]])
+
+
+def local_pod(
+    pod_spec: dict[str, Any], objects: Objects, root: Path, address: str | None = None
+) -> LocalPod:
+    """The pod's (only) container, ready to start as a process.
+
+    Files mounted from ConfigMaps are written below `root`, and each path that names them
+    (mount paths, and DAGSTER_HOME, a directory the image creates) in the command and the
+    environment points there. A server told to listen on 0.0.0.0 listens on `address`, the
+    loopback address of the pod's Service, as the pod listens on its own IP.
+    """
+    (container,) = pod_spec["containers"]
+    volumes = {volume["name"]: volume for volume in pod_spec.get("volumes", [])}
+    pod_paths = []
+    for mount in container.get("volumeMounts", []):
+        target = root / mount["mountPath"].lstrip("/")
+        _write_volume(volumes[mount["name"]], mount, objects, target)
+        pod_paths.append(mount["mountPath"].rstrip("/"))
+    env = _container_env(container, objects)
+    if "DAGSTER_HOME" in env:
+        (root / env["DAGSTER_HOME"].lstrip("/")).mkdir(parents=True, exist_ok=True)
+        pod_paths.append(env["DAGSTER_HOME"].rstrip("/"))
+    pattern = re.compile(
+        "|".join(rf"(?<![\w./-]){re.escape(p)}(?=/|\b|$)" for p in sorted(pod_paths, key=len)[::-1])
+    )
+
+    def relocate(text: str) -> str:
+        text = pattern.sub(lambda m: str(root) + m.group(0), text) if pod_paths else text
+        return text.replace("0.0.0.0", address) if address else text
+
+    argv = [relocate(arg) for arg in [*container.get("command", []), *container.get("args", [])]]
+    probe = container.get("readinessProbe", {}).get("exec", {}).get("command")
+    image_env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(root)}
+    env = image_env | {name: relocate(value) for name, value in env.items()}
+    return LocalPod(argv, env, root, [relocate(arg) for arg in probe] if probe else None)

@@ -100,13 +100,15 @@ def test_service_accounts_exist_and_the_launcher_may_create_run_jobs():
 
 
 def listening_ports(container: dict) -> set[int | str]:
-    """Declared container ports (number and name), and the `-p` of a dagster server command."""
+    """Declared container ports (number and name), and the port a dagster server command
+    listens on (its last `-p`: the last one given wins)."""
     ports: set[int | str] = set()
     for port in container.get("ports", []):
         ports |= {port["containerPort"], port.get("name", port["containerPort"])}
     words = " ".join([*container.get("command", []), *container.get("args", [])]).split()
     if any(word.startswith("dagster") for word in words[:3]):
-        ports |= {int(value) for flag, value in itertools.pairwise(words) if flag == "-p"}
+        given = [int(value) for flag, value in itertools.pairwise(words) if flag == "-p"]
+        ports |= set(given[-1:])
     return ports
 
 

@@ -270,7 +270,8 @@ def test_run_pod_command_syncs_the_table(run_job, local_cluster, daemon_instance
         )
     assert finished.returncode == 0, log.read_text()[-3000:]
     stored = daemon_instance.get_run_by_id(run.run_id)
-    assert stored.status == dg.DagsterRunStatus.SUCCESS, log.read_text()[-3000:]
+    events = [entry.message for entry in daemon_instance.all_logs(run.run_id)][-8:]
+    assert stored.status == dg.DagsterRunStatus.SUCCESS, "\n".join(events)
     url = urlsplit(local_cluster.chdb_url)
     with get_client(dsn=local_cluster.chdb_url) as client:
         database = url.query.removeprefix("database=")

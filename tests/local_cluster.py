@@ -97,20 +97,20 @@ class LocalPod:
     root: Path  # stands for the container's filesystem: mount paths live below it
     readiness: list[str] | None  # the readiness probe's command, if it runs one
 
-    def path(self, pod_path: str) -> Path:
-        return self.root / pod_path.lstrip("/")
-
 
 def _container_env(container: dict[str, Any], objects: Objects) -> dict[str, str]:
-    def data(kind: str, name: str) -> dict[str, str]:
-        found = objects.of_kind(kind).get(name, {})
+    def data(kind: str, name: str, optional: bool = False) -> dict[str, str]:
+        if optional and name not in objects.of_kind(kind):
+            return {}
+        found = objects.get(kind, name)
         return {**(found.get("data") or {}), **(found.get("stringData") or {})}
 
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         for kind, field in [("ConfigMap", "configMapRef"), ("Secret", "secretRef")]:
             if field in source:
-                env.update(data(kind, source[field]["name"]))
+                ref = source[field]
+                env.update(data(kind, ref["name"], ref.get("optional", False)))
     for entry in container.get("env", []):
         value_from = entry.get("valueFrom", {})
         for kind, field in [("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")]:

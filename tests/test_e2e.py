@@ -19,12 +19,11 @@ import dagster as dg
 import pytest
 from conftest import unique_name
 from e2e_support import (
-    CHECKS,
-    JOB,
     SCHEDULE,
     SENSOR,
     STEPS,
     SyncRun,
+    assert_lists_the_sync,
     automation_states,
     chromium,
     finished_runs,
@@ -40,7 +39,6 @@ from demo.stack import (
     Deployment,
     create_database,
     dagster_storage_url,
-    graphql,
     sync_environment,
     write_instance,
 )
@@ -132,52 +130,8 @@ def assert_synced(run: SyncRun, new_rows: int, source: adbc.Connection) -> None:
     assert parity["clickhouse_rows"] == count_rows(source, f"public.{TABLE}")
 
 
-_WORKSPACE = """
-{
-  workspaceOrError {
-    ... on Workspace {
-      locationEntries {
-        name
-        locationOrLoadError {
-          __typename
-          ... on PythonError { message }
-          ... on RepositoryLocation {
-            repositories {
-              jobs { name }
-              schedules { name cronSchedule scheduleState { status } }
-              sensors { name sensorState { status } }
-              assetNodes {
-                assetKey { path }
-                kinds
-                assetChecksOrError { ... on AssetChecks { checks { name } } }
-              }
-            }
-          }
-        }
-      }
-    }
-  }
-}
-"""
-
-
 def test_webserver_lists_the_sync(deployment: Deployment):
-    entries = graphql(deployment.url, _WORKSPACE)["workspaceOrError"]["locationEntries"]
-    (location,) = [e["locationOrLoadError"] for e in entries if e["name"] == LOCATION_NAME]
-    assert location["__typename"] == "RepositoryLocation", location.get("message")
-    (repository,) = location["repositories"]
-
-    assert JOB in {job["name"] for job in repository["jobs"]}
-    assets = {"/".join(node["assetKey"]["path"]): node for node in repository["assetNodes"]}
-    for step in STEPS:
-        assert {"postgres", "clickhouse"} <= set(assets[f"{TABLE}/{step}"]["kinds"])
-    checks = assets[f"{TABLE}/updates"]["assetChecksOrError"]["checks"]
-    assert set(CHECKS) <= {check["name"] for check in checks}
-    schedules = {s["name"]: s for s in repository["schedules"]}
-    assert schedules[SCHEDULE]["cronSchedule"] == "* * * * *"
-    assert schedules[SCHEDULE]["scheduleState"]["status"] == "RUNNING"
-    sensors = {s["name"]: s for s in repository["sensors"]}
-    assert sensors[SENSOR]["sensorState"]["status"] == "RUNNING"
+    assert_lists_the_sync(deployment.url, LOCATION_NAME, schedule_cron="* * * * *")
 
 
 @pytest.mark.parametrize(("trigger", "rows"), [(SENSOR, 100), (SCHEDULE, 50)])
@@ -246,8 +200,7 @@ def test_dg_dev_serves_the_project(source_url, tmp_path: Path):
     try:
         deployment.start_dev()
         deployment.wait_until_loaded()
-        entries = graphql(deployment.url, _WORKSPACE)["workspaceOrError"]["locationEntries"]
-        assert [entry["name"] for entry in entries] == [LOCATION_NAME]
+        assert_lists_the_sync(deployment.url, LOCATION_NAME, schedule_cron="*/5 * * * *")
     finally:
         deployment.stop()
     assert not deployment.stray_processes(), "processes outlived dg dev"

@@ -10,50 +10,18 @@ from __future__ import annotations
 
 import copy
 import re
-import shutil
-import stat
-from pathlib import Path
 
-import kubernetes_validate
 import pytest
+from chart_support import copy_chart_for_offline_use
 from helm_python.chart import Chart
 from helm_python.errors import HelmValuesError
-from k8s_support import HELM_VALUES, kubernetes_version, load_yaml, require_chart, values, walk
-
-# Every form of remote Kubernetes-definitions reference found in the chart's schemas.
-REMOTE_DEFINITIONS = re.compile(
-    r"https://(?:raw\.githubusercontent\.com/yannh/kubernetes-json-schema/master"
-    r"|kubernetesjsonschema\.dev)/v[0-9.]+/_definitions\.json#/definitions/"
-)
-
-
-def local_definitions() -> Path:
-    version = kubernetes_version()
-    path = (
-        Path(kubernetes_validate.__file__).parent
-        / "kubernetes-json-schema"
-        / f"v{version}-local"
-        / "_definitions.json"
-    )
-    assert path.is_file(), f"kubernetes-validate bundles no definitions for {version}"
-    return path
+from k8s_support import HELM_VALUES, load_yaml, require_chart, values, walk
 
 
 @pytest.fixture(scope="module")
 def chart(tmp_path_factory):
     """The chart, its schemas' remote $refs pointed at local definitions."""
-    copied = tmp_path_factory.mktemp("chart") / "dagster"
-    shutil.copytree(require_chart(), copied)
-    for path in [copied, *copied.rglob("*")]:  # the shared copy is read-only
-        path.chmod(path.stat().st_mode | stat.S_IWUSR)
-    local_prefix = f"file://{local_definitions()}#/$defs/"
-    rewritten = 0
-    for schema in copied.rglob("values.schema.json"):
-        text, count = REMOTE_DEFINITIONS.subn(local_prefix, schema.read_text())
-        schema.write_text(text)
-        rewritten += count
-        assert "kubernetesjsonschema.dev" not in text and "yannh/" not in text, schema
-    assert rewritten > 0, "no remote $ref found: has the chart's schema changed?"
+    copied = copy_chart_for_offline_use(require_chart(), tmp_path_factory.mktemp("chart") / "c")
     with Chart.load(str(copied)) as loaded:
         yield loaded
 

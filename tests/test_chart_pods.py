@@ -1,0 +1,304 @@
+"""The rendered pods as local processes: code server, webserver, daemon, and a run pod.
+
+Each process gets exactly its rendered container's command, arguments and environment (env
+and envFrom resolved from the rendered ConfigMaps and k8s/'s Secrets), and the files mounted
+from ConfigMaps at their mount paths (below a directory of its own, see local_cluster). Hosts
+are Service names turned into loopback addresses. Two things differ from the cluster, both
+for want of a server here: ClickHouse is chDB (CLICKHOUSE_URL becomes a chdb:// URL), and the
+run launcher hands its Job to a recorder instead of the Kubernetes API, which the test then
+runs as the pod would.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import dagster as dg
+import kubernetes
+import kubernetes_validate
+import pytest
+import yaml
+from chart_support import USER_CODE_IMAGE, Objects, cluster, unresolved_references
+from clickhouse_connect import get_client
+from dagster._config import process_config
+from dagster._core.launcher import LaunchRunContext
+from dagster._core.remote_origin import GrpcServerCodeLocationOrigin
+from dagster._grpc.types import ExecuteRunArgs
+from dagster._serdes import deserialize_value
+from dagster_k8s import K8sRunLauncher
+from e2e_support import JOB, SENSOR, assert_lists_the_sync
+from k8s_support import (
+    NAMESPACE,
+    helm_release,
+    k8s_run_launcher_values,
+    kubernetes_version,
+    values,
+)
+from local_cluster import INSTANCE_CONFIG_MAP, LocalPod, local_pod, localize
+
+from demo.stack import (
+    REPOSITORY_NAME,
+    Deployment,
+    Service,
+    graphql,
+    start_service,
+    stop_services,
+)
+from user_code.definitions import defs
+
+RELEASE = helm_release()["name"]
+CODE_SERVER = (f"{RELEASE}-dagster-user-deployments-pg2ch", "pg2ch")
+WEBSERVER = (f"{RELEASE}-dagster-webserver", f"{RELEASE}-dagster-webserver")
+DAEMON = (f"{RELEASE}-daemon", None)
+SOURCE_ROWS = 5000  # seeded by k8s/postgres-source.yaml's init script
+RUN_TIMEOUT_S = 240
+READY_TIMEOUT_S = 180
+SENSOR_TIMEOUT_S = 90  # the sensor ticks every 30 s
+
+
+@dataclass
+class LocalCluster:
+    objects: Objects  # localized: loopback hosts, chdb:// CLICKHOUSE_URL
+    pods: dict[str, LocalPod]
+    loopback: dict[str, str]
+    chdb_url: str
+    webserver_url: str
+
+
+def wait_until_ready(pod: LocalPod, address: str, service: Service) -> None:
+    """Poll the pod's readiness probe; it asks localhost, which is `address` here."""
+    assert pod.readiness, "the code server has no readiness probe"
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    probe = [*pod.readiness, "-h", address]
+    while subprocess.run(probe, env=pod.env, capture_output=True, timeout=60).returncode:
+        assert service.process.poll() is None, f"{service.name} exited\n{service.log_tail()}"
+        assert time.monotonic() < deadline, f"{service.name} not ready\n{service.log_tail()}"
+        time.sleep(1)
+
+
+def start_pod(
+    name: str, service: str | None, local: Objects, loopback: dict, root: Path, logs: Path
+) -> tuple[LocalPod, Service]:
+    pod_spec = local.get("Deployment", name)["spec"]["template"]["spec"]
+    pod = local_pod(pod_spec, local, root / name, loopback.get(service))
+    return pod, start_service(name, pod.argv, pod.env, logs)
+
+
+@pytest.fixture(scope="module")
+def local_cluster(cluster_postgres, loopback, tmp_path_factory) -> Iterator[LocalCluster]:
+    root = tmp_path_factory.mktemp("pods")
+    analytics = urlsplit(
+        cluster().get("Secret", "clickhouse-sync")["stringData"]["CLICKHOUSE_URL"]
+    ).path.strip("/")
+    chdb_url = f"chdb://{root / 'clickhouse'}?database={analytics}"
+    local = localize(cluster(), loopback, chdb_url)
+    pods, services = {}, []
+    webserver_port = next(p["port"] for p in local.get("Service", WEBSERVER[1])["spec"]["ports"])
+    try:
+        for name, service in (CODE_SERVER, WEBSERVER, DAEMON):
+            pod, process = start_pod(name, service, local, loopback, root, root)
+            pods[name], services = pod, [*services, process]
+            if name == CODE_SERVER[0]:  # the webserver and daemon wait for it in the cluster too
+                wait_until_ready(pod, loopback[service], process)
+        webserver = Deployment(
+            pods[WEBSERVER[0]].env,
+            port=webserver_port,
+            host=loopback[WEBSERVER[1]],
+            log_dir=root,
+            services=services,
+            location_name=CODE_SERVER[1],
+        )
+        webserver.wait_until_loaded()
+        yield LocalCluster(local, pods, loopback, chdb_url, webserver.url)
+    finally:
+        stop_services(services)
+    for service in services:
+        assert service.process.poll() is not None, f"{service.name} outlived the test"
+
+
+def test_webserver_lists_the_code_location_loaded(local_cluster):
+    cron = local_cluster.pods[CODE_SERVER[0]].env["SYNC_SCHEDULE_CRON"]
+    assert_lists_the_sync(local_cluster.webserver_url, CODE_SERVER[1], cron)
+
+
+class JobRecorder:
+    """Stands for the Kubernetes batch API: keeps the Job the run launcher creates."""
+
+    def __init__(self) -> None:
+        self.jobs: list[kubernetes.client.V1Job] = []
+
+    def create_namespaced_job(self, body, namespace, **_options) -> None:
+        assert namespace == NAMESPACE
+        self.jobs.append(body)
+
+
+def run_launcher(config: dict[str, Any], recorder: JobRecorder, tmp_path: Path) -> K8sRunLauncher:
+    """The rendered K8sRunLauncher, as dagster-k8s builds it from dagster.yaml. The one
+    change: it reads a kubeconfig that points nowhere instead of in-cluster credentials."""
+    processed = process_config(K8sRunLauncher.config_type(), config)
+    assert processed.success, processed.errors
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(NOWHERE_KUBECONFIG))
+    return K8sRunLauncher(
+        **{**processed.value, "load_incluster_config": False, "kubeconfig_file": str(kubeconfig)},
+        k8s_client_batch_api=recorder,
+    )
+
+
+NOWHERE_KUBECONFIG = {
+    "apiVersion": "v1",
+    "kind": "Config",
+    "clusters": [{"name": "none", "cluster": {"server": "https://127.0.0.1:1"}}],
+    "users": [{"name": "none", "user": {"token": "none"}}],
+    "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}],
+    "current-context": "none",
+}
+
+
+@pytest.fixture(scope="module")
+def daemon_instance(local_cluster) -> Iterator[dg.DagsterInstance]:
+    """The daemon pod's instance (its DAGSTER_HOME), which launches runs in the cluster."""
+    env = local_cluster.pods[DAEMON[0]].env
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DAGSTER_PG_PASSWORD", env["DAGSTER_PG_PASSWORD"])
+        # The run's config names PG_URL and CLICKHOUSE_URL; the webserver resolves it with them.
+        for key in ("PG_URL", "CLICKHOUSE_URL"):
+            patch.setenv(key, local_cluster.pods[CODE_SERVER[0]].env[key])
+        with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+            yield instance
+
+
+def sync_run(instance: dg.DagsterInstance, local_cluster: LocalCluster) -> dg.DagsterRun:
+    """A run of the sync job whose code origin comes from the running code server."""
+    origin = GrpcServerCodeLocationOrigin(
+        host=local_cluster.loopback[CODE_SERVER[1]],
+        port=values()["dagster-user-deployments"]["deployments"][0]["port"],
+        location_name=CODE_SERVER[1],
+    )
+    with origin.create_location(instance) as location:
+        remote_job = location.get_repository(REPOSITORY_NAME).get_full_job(JOB)
+    return instance.create_run_for_job(
+        job_def=defs.resolve_job_def(JOB),
+        remote_job_origin=remote_job.get_remote_origin(),
+        job_code_origin=remote_job.get_python_origin(),
+    )
+
+
+@pytest.fixture(scope="module")
+def run_job(local_cluster, daemon_instance, tmp_path_factory) -> tuple[dg.DagsterRun, dict]:
+    """The Job dagster-k8s makes for a real run of the sync job, as the API would get it."""
+    config = yaml.safe_load(local_cluster.objects.file(INSTANCE_CONFIG_MAP, "dagster.yaml"))
+    recorder = JobRecorder()
+    launcher = run_launcher(
+        config["run_launcher"]["config"], recorder, tmp_path_factory.mktemp("launcher")
+    )
+    launcher.register_instance(daemon_instance)
+    run = sync_run(daemon_instance, local_cluster)
+    launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=None))
+    (job,) = recorder.jobs
+    return run, kubernetes.client.ApiClient().sanitize_for_serialization(job)
+
+
+def test_run_job_gets_the_image_command_env_and_mounts_of_the_chart(run_job, local_cluster):
+    _, job = run_job
+    launcher = k8s_run_launcher_values()
+    pod = job["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == USER_CODE_IMAGE
+    assert container["imagePullPolicy"] == launcher["imagePullPolicy"]
+    assert container["args"][:3] == ["dagster", "api", "execute_run"]
+    assert [s["secretRef"]["name"] for s in container["envFrom"]] == [
+        s["name"] for s in launcher["envSecrets"]
+    ]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["DAGSTER_PG_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": values()["global"]["postgresqlSecretName"],
+        "key": "postgresql-password",
+    }
+    for pair in launcher["envVars"]:
+        name, _, value = pair.partition("=")
+        assert env[name]["value"] == value
+    assert container["volumeMounts"] == launcher["volumeMounts"]
+    assert pod["spec"]["volumes"] == launcher["volumes"]
+    # dagster-k8s hands the run its instance in the command, not as a mounted dagster.yaml.
+    instance_ref = deserialize_value(container["args"][3], ExecuteRunArgs).instance_ref
+    rendered = yaml.safe_load(local_cluster.objects.file(INSTANCE_CONFIG_MAP, "dagster.yaml"))
+    assert (
+        yaml.safe_load(instance_ref.run_storage_data.config_yaml)
+        == (rendered["run_storage"]["config"])
+    )
+    assert unresolved_references(pod["spec"], cluster()) == []
+    kubernetes_validate.validate(job, kubernetes_version(), strict=True)
+
+
+def test_run_job_gets_the_account_labels_resources_and_security_of_the_chart(run_job):
+    run, job = run_job
+    launcher = k8s_run_launcher_values()
+    pod = job["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert pod["spec"]["serviceAccountName"] == RELEASE
+    labels = pod["metadata"]["labels"]
+    assert launcher["labels"].items() <= labels.items()
+    assert labels["dagster/run-id"] == run.run_id
+    assert labels["dagster/code-location"] == CODE_SERVER[1]
+    run_config = launcher["runK8sConfig"]
+    assert container["resources"] == run_config["containerConfig"]["resources"]
+    assert container["securityContext"] == launcher["securityContext"]
+    assert pod["spec"]["securityContext"] == run_config["podSpecConfig"]["securityContext"]
+    assert (
+        job["spec"]["ttlSecondsAfterFinished"]
+        == run_config["jobSpecConfig"]["ttlSecondsAfterFinished"]
+    )
+
+
+def test_run_pod_command_syncs_the_table(run_job, local_cluster, daemon_instance, tmp_path):
+    """The Job's container, run as a process with its env and mounts: the sync succeeds and
+    ClickHouse (chDB here, through CLICKHOUSE_URL) holds every source row."""
+    run, job = run_job
+    pod = local_pod(job["spec"]["template"]["spec"], local_cluster.objects, tmp_path / "run")
+    assert pod.env["CLICKHOUSE_URL"] == local_cluster.chdb_url  # the one swapped value
+    log = tmp_path / "run.log"
+    with log.open("w") as output:
+        finished = subprocess.run(
+            pod.argv, env=pod.env, stdout=output, stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT_S
+        )
+    assert finished.returncode == 0, log.read_text()[-3000:]
+    stored = daemon_instance.get_run_by_id(run.run_id)
+    events = [entry.message for entry in daemon_instance.all_logs(run.run_id)][-8:]
+    assert stored.status == dg.DagsterRunStatus.SUCCESS, "\n".join(events)
+    url = urlsplit(local_cluster.chdb_url)
+    with get_client(dsn=local_cluster.chdb_url) as client:
+        database = url.query.removeprefix("database=")
+        rows = client.query(f"SELECT count() FROM {database}.customers FINAL").result_rows
+    assert rows == [(SOURCE_ROWS,)]
+
+
+_DAEMON_HEALTH = """
+{ instance { daemonHealth { allDaemonStatuses { daemonType required healthy } } } }
+"""
+
+
+def test_daemon_runs_on_the_rendered_instance_and_its_sensor_queues_a_sync(
+    local_cluster, daemon_instance
+):
+    """Every daemon the instance asks for heartbeats, and the sensor, evaluated through the
+    code server, queues a run. Launching it needs the Kubernetes API, which is not here."""
+    deadline = time.monotonic() + SENSOR_TIMEOUT_S
+    while True:
+        statuses = graphql(local_cluster.webserver_url, _DAEMON_HEALTH)["instance"]["daemonHealth"][
+            "allDaemonStatuses"
+        ]
+        unhealthy = [s["daemonType"] for s in statuses if s["required"] and not s["healthy"]]
+        sensor_runs = daemon_instance.get_runs(
+            dg.RunsFilter(job_name=JOB, tags={"dagster/sensor_name": SENSOR})
+        )
+        if not unhealthy and sensor_runs:
+            break
+        assert time.monotonic() < deadline, f"unhealthy: {unhealthy}, sensor runs: {sensor_runs}"
+        time.sleep(2)

@@ -49,6 +49,9 @@ def test_rendered_instance_loads_under_both_run_coordinator_templates(template, 
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
     pools = config["concurrency"]["pools"]
     assert pools == {"default_limit": 1, "granularity": "run"}
+    # a run whose pod died (run monitoring marks it failed) is started again
+    assert config["run_monitoring"]["enabled"] is True
+    assert config["run_retries"] == {"enabled": True, "max_retries": 2}
 
 
 @pytest.fixture(scope="module")

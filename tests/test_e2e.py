@@ -163,7 +163,10 @@ def test_asset_graph_renders_in_the_browser(deployment, instance, tmp_path: Path
     assert f"/assets/{TABLE}/" in dom
 
     screenshot = tmp_path / "asset-graph.png"
-    chromium(page, tmp_path / "profile", f"--screenshot={screenshot}")
+    for _ in range(3):  # on a busy machine the graph may still be loading: look again
+        chromium(page, tmp_path / "profile", f"--screenshot={screenshot}")
+        if screenshot.stat().st_size > 50_000:
+            break
     assert _png_size(screenshot) == (1600, 1000)
     assert screenshot.stat().st_size > 50_000, "the screenshot looks blank"
     if keep := os.environ.get("E2E_SCREENSHOT"):

@@ -144,7 +144,8 @@ def test_transaction_open_far_longer_than_the_lookback_is_not_missed(customers, 
         long_transaction.commit()
     run_sync(instance, config)
 
-    assert held_back[-1] > 3, held_back  # the read started well before watermark - lookback
+    # the last read started more than another lookback before watermark - lookback
+    assert held_back[-1] > 1, held_back
     assert compare(config).equal
 
 

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: dev test lint bench lock browser clean
+.PHONY: dev test lint bench soak lock browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ test: lint browser
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+# Long runs, not in CI: 200 random histories, then production-like traffic with killed runs
+# (SOAK_ARGS, e.g. --minutes 30), ending in an exact comparison (soak/results.json).
+soak: $(STAMP)
+	PROPERTY_HISTORIES=200 $(BIN)/python -m pytest -q -p no:logging tests/test_properties.py
+	$(BIN)/python -m soak.run $(SOAK_ARGS)
+
 # The image's exact dependencies (Dockerfile), from a clean install of pyproject.toml.
 lock:
 	rm -rf $(VENV)-lock && $(PYTHON) -m venv $(VENV)-lock
@@ -44,4 +50,4 @@ browser:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 clean:
-	rm -rf $(VENV) .dev .pytest_cache .ruff_cache
+	rm -rf $(VENV) .dev .soak .pytest_cache .ruff_cache

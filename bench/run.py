@@ -48,12 +48,11 @@ def seed(url: str, rows: int) -> None:
     log(f"seeded {rows:,} rows in {time.monotonic() - started:.0f} s")
 
 
-def run_phases(url: str, chdb_dir: Path, rows: int) -> dict:
+def run_phases(url: str, chdb_dir: Path, rows: int, sweep: bool) -> dict:
     log(f"initial load (pg2ch and native), incremental and no-change runs at {rows:,} rows")
     command = [sys.executable, "-m", "bench.phases", "--pg-url", url, "--chdb-dir", str(chdb_dir)]
-    completed = subprocess.run(
-        [*command, "--rows", str(rows)], cwd=REPOSITORY, stdout=subprocess.PIPE, check=False
-    )
+    command += ["--rows", str(rows), *(["--partition-sweep"] if sweep else [])]
+    completed = subprocess.run(command, cwd=REPOSITORY, stdout=subprocess.PIPE, check=False)
     if completed.returncode:
         sys.exit("bench.phases failed (its output is above)")
     return json.loads(completed.stdout)
@@ -92,7 +91,8 @@ def job_sync_seconds(dagster_home: Path) -> float:
 
 
 def measure(server, workdir: Path, rows: int, with_job: bool) -> dict:
-    """The phases at one size; with_job also times the dagster job around the same changes."""
+    """The phases at one size; with_job also times the dagster job around the same changes,
+    and the larger size (without the job) also sweeps `snapshot_partitions`."""
     database = f"bench_{rows}"
     server.psql(f"CREATE DATABASE {database}")
     url = server.get_uri(database)
@@ -103,7 +103,7 @@ def measure(server, workdir: Path, rows: int, with_job: bool) -> dict:
             home.mkdir()
             log("dagster job execute: the initial load")
             initial_job = run_job(url, clickhouse_url, home)
-        figures = run_phases(url, workdir / f"chdb-{rows}", rows)
+        figures = run_phases(url, workdir / f"chdb-{rows}", rows, sweep=not with_job)
         if with_job:  # the same 1% + 1% changes the phases just synced
             log("dagster job execute: the incremental run")
             figures["dagster_job_wall_seconds"] = round(run_job(url, clickhouse_url, home), 3)
@@ -118,8 +118,19 @@ _TABLE = [
     ("initial load, pg2ch (rows/s)", "initial_rows_per_s", "{:,}"),
     ("initial load, ClickHouse postgresql() (rows/s)", "native_rows_per_s", "{:,}"),
     ("ratio vs native (target >= 1.0)", "ratio_vs_native", "{:.2f}"),
-    ("CPU seconds in-process, pg2ch", "initial_cpu_seconds", "{:.1f}"),
-    ("CPU seconds in-process, native", "native_cpu_seconds", "{:.1f}"),
+    ("CPU-s per M rows in-process, pg2ch", "initial_cpu_s_per_m_rows", "{:.2f}"),
+    ("CPU-s per M rows in-process, native", "native_cpu_s_per_m_rows", "{:.2f}"),
+    ("CPU pg2ch / native (goal <= 0.75)", "cpu_vs_native", "{:.2f}"),
+    (
+        "COPY alone, binary / text (rows/s)",
+        ("copy_binary_rows_per_s", "copy_text_rows_per_s"),
+        "{:,}",
+    ),
+    (
+        "pg2ch / binary COPY, native / text COPY",
+        ("initial_fraction_of_copy", "native_fraction_of_copy"),
+        "{:.2f}",
+    ),
     ("incremental, 1% updated + 1% new (s, < 3)", "incremental_seconds", "{:.2f}"),
     ("  rows read / written", ("incremental_rows_read", "incremental_rows_written"), "{:,}"),
     ("no-change rerun (s, < 0.5)", "noop_seconds", "{:.2f}"),
@@ -166,8 +177,24 @@ def summarize(base: dict, larger: dict) -> dict:
     }
 
 
+def sweep_table(larger: dict) -> str:
+    lines = [
+        f"| snapshot_partitions at {larger['rows']:,} rows | pg2ch rows/s | vs native "
+        "| CPU-s per M rows | COPY alone rows/s | pg2ch / COPY alone |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for entry in larger["partition_sweep"]:
+        lines.append(
+            f"| {entry['partitions']} | {entry['rows_per_s']:,} | {entry['ratio_vs_native']:.2f} "
+            f"| {entry['cpu_s_per_m_rows']:.2f} | {entry['copy_alone_rows_per_s']:,} "
+            f"| {entry['fraction_of_copy']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def report(summary: dict) -> None:
     print(markdown_table(summary, summary["x4"]))
+    print(f"\n{sweep_table(summary['x4'])}")
     print(f"\npeak RSS growth for 4x rows: {summary['peak_rss_growth_x4']:+.1%} (target < +20%)")
     print(
         f"dagster job execute, incremental run: {summary['dagster_job_wall_seconds']:.2f} s wall, "

@@ -52,6 +52,14 @@ TIMESTAMPS = {"created_at": "c", "updated_at": "u"}
         ({**TIMESTAMPS, "primary_key": ["id"], "updated": "x"}, "updated: Extra inputs are not"),
         ({**TIMESTAMPS, "primary_key": ["id"], "lookback": "soon"}, "lookback: Input should be"),
         ({**TIMESTAMPS, "primary_key": ["id"], "target": "a-b"}, "target: Value error, must be"),
+        (
+            {**TIMESTAMPS, "primary_key": ["id"], "snapshot_partitions": 0},
+            "snapshot_partitions: Input should be greater than or equal to 1",
+        ),
+        (
+            {**TIMESTAMPS, "primary_key": ["id"], "snapshot_partitions": 17},
+            "snapshot_partitions: Input should be less than or equal to 16",
+        ),
     ],
 )
 def test_invalid_table_entry_names_table_and_field(table, message):

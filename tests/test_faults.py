@@ -16,6 +16,8 @@ from demo.seed import insert_customers, update_customers
 from user_code.assets import TableKeys, stored_watermarks
 from user_code.sync import extract, table_sync
 from user_code.sync.errors import SyncError
+from user_code.sync.table_sync import TableSync
+from user_code.sync.watermark import Cursor
 
 pytestmark = pytest.mark.usefixtures("sync_env")
 
@@ -48,21 +50,104 @@ def execute(sql: str, connection, *parameters) -> None:
     connection.commit()
 
 
-@pytest.mark.parametrize("batches_before_crash", [0, 1, 7])
+def fail_partition_after(monkeypatch: pytest.MonkeyPatch, batches: int) -> None:
+    """Make the middle partition of a snapshot fail after reading `batches` batches."""
+    read = extract.SourceTable.read
+
+    def read_then_fail(self, connection, sql, parameters=()):
+        for read_so_far, batch in enumerate(read(self, connection, sql, parameters)):
+            if "ctid >=" in sql and "ctid <" in sql and read_so_far == batches:
+                raise SyncError("injected crash in one partition")
+            yield batch
+
+    monkeypatch.setattr(extract.SourceTable, "read", read_then_fail)
+
+
+@pytest.mark.parametrize(("batches_before_crash", "partitions"), [(0, 1), (1, 1), (7, 1), (7, 3)])
 def test_crash_during_initial_load_then_rerun(
-    customers, small_batches, monkeypatch, batches_before_crash
+    customers, small_batches, monkeypatch, batches_before_crash, partitions
 ):
+    config = demo_config(snapshot_partitions=partitions)
     instance = dg.DagsterInstance.ephemeral()
     insert_customers(customers, 3000, ending_at="2020-01-01")
     with monkeypatch.context() as patch:
         crash_after(patch, batches_before_crash)
-        assert not run_sync(instance, raise_on_error=False).success
+        assert not run_sync(instance, config, raise_on_error=False).success
 
-    assert stored_watermarks(instance, TableKeys.of(demo_config().tables[0])) == (None, None)
-    steps = step_metadata(run_sync(instance))
+    assert stored_watermarks(instance, TableKeys.of(config.tables[0])) == (None, None)
+    steps = step_metadata(run_sync(instance, config))
 
     assert steps["initial_load"]["rows_read"] == 3000
-    assert compare(demo_config()).equal
+    assert compare(config).equal
+
+
+@pytest.mark.parametrize("batches_before_crash", [0, 2])
+def test_crash_in_one_partition_of_the_snapshot_then_rerun(
+    customers, small_batches, monkeypatch, ch, clickhouse, batches_before_crash
+):
+    config = demo_config(snapshot_partitions=3)
+    instance = dg.DagsterInstance.ephemeral()
+    insert_customers(customers, 3000, ending_at="2020-01-01")
+    with monkeypatch.context() as patch:
+        fail_partition_after(patch, batches_before_crash)
+        assert not run_sync(instance, config, raise_on_error=False).success
+    partial = ch.query(f"SELECT count() FROM `{clickhouse.database}`.`customers`").result_rows
+
+    assert 0 < partial[0][0] < 3000  # the other partitions' batches were inserted
+    assert stored_watermarks(instance, TableKeys.of(config.tables[0])) == (None, None)
+    steps = step_metadata(run_sync(instance, config))
+
+    assert steps["initial_load"]["rows_read"] == 3000
+    assert compare(config).equal
+
+
+_DIGEST = "count(*), sum(id)::bigint, sum(balance)::text, max(updated_at)"
+
+
+def test_partitioned_snapshot_is_one_instant_while_writes_commit(
+    customers, pg_url, ch, clickhouse, small_batches, monkeypatch
+):
+    """Writes that commit once the partitions share the snapshot are in none of them.
+
+    Updated rows get new versions on later pages, inserted rows land on the last pages and
+    deleted rows sit on the first ones: partitions that each took their own snapshot after
+    these commits would read some of them.
+    """
+    config = demo_config(snapshot_partitions=3, hard_deletes=True)
+    insert_customers(customers, 3000, ending_at="2020-01-01")
+    (before,) = extract.fetch_all(customers, f"SELECT {_DIGEST} FROM customers")
+    share_snapshot = table_sync.share_snapshot
+
+    def share_then_write(connections):
+        share_snapshot(connections)
+        with extract.connect(pg_url) as writer:
+            execute("DELETE FROM customers WHERE id <= 100", writer)
+            execute(
+                "UPDATE customers SET balance = 0, updated_at = clock_timestamp() "
+                "WHERE id > 2900 OR id % 500 = 0",
+                writer,
+            )
+            insert_customers(writer, 200)
+
+    monkeypatch.setattr(table_sync, "share_snapshot", share_then_write)
+    settings = config.tables[0].settings
+    table = TableSync(settings, customers, ch, clickhouse.database, postgres_url=pg_url)
+    table.prepare()
+    result = table.snapshot()
+
+    loaded = ch.query(
+        f"SELECT count(), sum(id), toString(sum(balance)), max(updated_at) "
+        f"FROM `{clickhouse.database}`.`customers` FINAL"
+    ).result_rows[0]
+    assert (result.rows_read, result.updated_at) == (3000, before[3])
+    assert loaded[:3] == before[:3]
+    # The writes arrive with the incremental steps and the reconciliation, as after any load.
+    monkeypatch.undo()
+    lookback = config.tables[0].lookback
+    table.new_records(Cursor("created_at", result.created_at, lookback, result.open_since))
+    table.updates(Cursor("updated_at", result.updated_at, lookback, result.open_since), None)
+    table.reconcile_deletes()
+    assert table.compare_content().equal
 
 
 @pytest.mark.parametrize("batches_before_crash", [0, 3])

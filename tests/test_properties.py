@@ -18,7 +18,7 @@ from demo.seed import insert_customers
 
 pytestmark = pytest.mark.usefixtures("sync_env")
 
-CONFIG = demo_config(hard_deletes=True, lookback=0)
+CONFIG = demo_config(hard_deletes=True, lookback=0, snapshot_partitions=3)  # loads partitioned
 
 change = st.one_of(
     st.tuples(st.just("insert"), st.integers(1, 40)),

@@ -18,6 +18,8 @@ from user_code.sync.table_sync import TableSettings
 # their transaction stays open. `lookback` is left to cover rows stamped by another clock (an
 # application's): its skew and the time between stamping and commit.
 DEFAULT_LOOKBACK = timedelta(minutes=1)
+DEFAULT_SNAPSHOT_PARTITIONS = 1
+MAX_SNAPSHOT_PARTITIONS = 16
 # ClickHouse table names double as Dagster asset keys, which allow only these characters.
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -60,6 +62,12 @@ class TableSpec(BaseModel):
         DEFAULT_LOOKBACK,
         description="overlap of each read, for rows stamped by an application's clock that "
         "commit late",
+    )
+    snapshot_partitions: int = Field(
+        DEFAULT_SNAPSHOT_PARTITIONS,
+        ge=1,
+        le=MAX_SNAPSHOT_PARTITIONS,
+        description="connections reading the initial snapshot side by side, in page ranges",
     )
     freshness_limit: timedelta = Field(
         timedelta(minutes=30), description="largest lag before the freshness check fails"
@@ -117,6 +125,7 @@ class TableSpec(BaseModel):
             updated_at=self.updated_at,
             soft_delete=self.soft_delete,
             null_arrays_as_empty=self.nullable_arrays == "array",
+            snapshot_partitions=self.snapshot_partitions,
         )
 
 

@@ -83,7 +83,7 @@ def open_table(
 ) -> Iterator[TableSync]:
     """One table's sync engine, on its own connections to both databases."""
     with postgres.connect() as connection, clickhouse.get_client() as client:
-        yield TableSync(spec.settings, connection, client, clickhouse.database, log)
+        yield TableSync(spec.settings, connection, client, clickhouse.database, log, postgres.url)
 
 
 def build_resources() -> dict[str, dg.ConfigurableResource]:

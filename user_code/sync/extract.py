@@ -2,8 +2,8 @@
 
 import re
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -214,9 +214,10 @@ class SourceTable:
         """Stream the query's rows as Arrow batches of bounded size, checked and ready to load."""
         batches = _pages(connection, sql, parameters) if parameters else _copy(connection, sql)
         try:
-            for batch in batches:
-                if batch.num_rows:
-                    yield self._checked(batch)
+            with closing(batches):  # a refused batch ends the read now, while connected
+                for batch in batches:
+                    if batch.num_rows:
+                        yield self._checked(batch)
         except (adbc_driver_manager.DataError, adbc_driver_manager.InternalError) as error:
             raise SyncError(f"{self.source}: Postgres could not return a row: {error}") from None
 
@@ -262,24 +263,30 @@ def _unstorable(values: pa.Array, mapping: ColumnMapping) -> str | None:
     return None
 
 
-def read_ahead(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """`batches`, each read in a thread while the caller still works on the one before.
+def read_ahead(*sources: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The batches of every source, in the order they are ready, each source read in its own
+    thread while the caller still works on a batch before.
 
     Without it Postgres stops streaming while ClickHouse inserts a batch, and the two take
-    turns; with it they run side by side. One batch is read ahead, never more, so memory
-    stays bounded at two batches.
+    turns; with it they run side by side. One batch per source is read ahead, never more, so
+    memory stays bounded at two batches a source. The first failure of any source ends all.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg2ch-read") as reader:
-        pending = reader.submit(next, batches, None)
+    with ThreadPoolExecutor(max_workers=len(sources), thread_name_prefix="pg2ch-read") as reader:
+        pending = {reader.submit(next, source, None): source for source in sources}
         try:
-            while (batch := pending.result()) is not None:
-                pending = reader.submit(next, batches, None)
-                yield batch
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    source = pending.pop(future)
+                    if (batch := future.result()) is not None:
+                        pending[reader.submit(next, source, None)] = source
+                        yield batch
         finally:
-            wait([pending])
-            batches.close()
-            # A failed read's exception holds this frame, which holds the future, which holds
-            # the exception: breaking the cycle frees the cursor now, not at the next GC.
+            wait(pending)
+            for source in sources:
+                source.close()
+            # A failed read's exception holds this frame, which holds the futures, which hold
+            # the exception: breaking the cycle frees the cursors now, not at the next GC.
             del pending
 
 

@@ -1,7 +1,8 @@
 """One table's sync steps: the initial snapshot, new records and updates, batch by batch."""
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -20,6 +21,7 @@ from user_code.sync.errors import SyncError
 from user_code.sync.extract import (
     OpenTransactions,
     SourceTable,
+    connect,
     count_rows,
     has_unique_key,
     max_timestamp,
@@ -33,6 +35,7 @@ from user_code.sync.load import (
     loaded_row_keys,
     without_loaded_rows,
 )
+from user_code.sync.snapshot import page_ranges, relation_pages, share_snapshot
 from user_code.sync.watermark import Cursor, latest
 
 _TIMESTAMP_TYPES = {"timestamp", "timestamptz"}
@@ -49,6 +52,7 @@ class TableSettings:
     updated_at: str
     soft_delete: str | None = None
     null_arrays_as_empty: bool = False  # nullable arrays as native Arrays, not JSON text
+    snapshot_partitions: int = 1  # connections reading the initial snapshot side by side
 
 
 @dataclass(frozen=True)
@@ -74,9 +78,12 @@ class TableSync:
         clickhouse: Client,
         database: str,
         log: Callable[[str], None] = lambda message: None,
+        postgres_url: str | None = None,
     ):
+        """`postgres_url` opens the connections of a partitioned snapshot's other partitions."""
         self.spec = spec
         self.postgres = postgres
+        self.postgres_url = postgres_url
         self.clickhouse = clickhouse
         self.log = log
         self._told_unseen = False
@@ -121,7 +128,30 @@ class TableSync:
         return ensure_table(self.clickhouse, self.target)
 
     def snapshot(self) -> StepResult:
-        return self._copy(self.source.select_sql(), (), cursor=None)
+        """The whole table at one instant, read in `snapshot_partitions` ranges side by side.
+
+        Batches are inserted one at a time, whichever partition they come from; the step
+        returns (and its watermarks may be stored) only after every partition's last insert
+        was acknowledged.
+        """
+        partitions = self.spec.snapshot_partitions
+        if partitions > 1 and self.postgres_url is None:
+            raise SyncError(
+                f"{self.spec.source}: snapshot_partitions = {partitions} needs the Postgres URL "
+                "to open a connection per partition."
+            )
+        transactions = self._open_transactions()
+        conditions = page_ranges(relation_pages(self.postgres, self.spec.source), partitions)
+        with ExitStack() as stack:
+            connections = [self.postgres]
+            for _ in conditions[1:]:
+                connections.append(stack.enter_context(connect(self.postgres_url)))
+            share_snapshot(connections)
+            sources = [
+                self.source.read(connection, self.source.select_sql(condition))
+                for connection, condition in zip(connections, conditions, strict=True)
+            ]
+            return self._load(read_ahead(*sources), None, transactions)
 
     def new_records(self, cursor: Cursor) -> StepResult:
         cursor = self._in_column_terms(cursor)
@@ -163,9 +193,19 @@ class TableSync:
             self._told_unseen = True
         return transactions
 
-    def _copy(self, sql: str, parameters: tuple, cursor: Cursor | None) -> StepResult:
-        """Read `sql` into ClickHouse: everything, or from `cursor.start` on."""
+    def _copy(self, sql: str, parameters: tuple, cursor: Cursor) -> StepResult:
+        """Read `sql` into ClickHouse from `cursor.start` on."""
         transactions = self._open_transactions()
+        batches = read_ahead(self.source.read(self.postgres, sql, parameters))
+        return self._load(batches, cursor, transactions)
+
+    def _load(
+        self,
+        batches: Iterator[pa.RecordBatch],
+        cursor: Cursor | None,
+        transactions: OpenTransactions,
+    ) -> StepResult:
+        """Insert `batches`, leaving out rows ClickHouse already holds at the same version."""
         started = time.monotonic()
         loaded = (
             loaded_row_keys(self.clickhouse, self.target, cursor.start)
@@ -174,19 +214,20 @@ class TableSync:
         )
         rows_read = rows_written = 0
         created_at = updated_at = None
-        for batch in read_ahead(self.source.read(self.postgres, sql, parameters)):
-            rows_read += batch.num_rows
-            created_at = latest(created_at, max_timestamp(batch, self.spec.created_at))
-            updated_at = latest(updated_at, max_timestamp(batch, self.spec.updated_at))
-            fresh = without_loaded_rows(batch, loaded, self.target)
-            if fresh.num_rows:
-                insert_batch(self.clickhouse, self.target, fresh, self.spec.soft_delete)
-                rows_written += fresh.num_rows
-            elapsed = time.monotonic() - started
-            self.log(
-                f"{self.spec.source}: {rows_read} rows read, {rows_written} written "
-                f"({rows_read / elapsed:,.0f} rows/s), updated_at up to {updated_at}"
-            )
+        with closing(batches):
+            for batch in batches:
+                rows_read += batch.num_rows
+                created_at = latest(created_at, max_timestamp(batch, self.spec.created_at))
+                updated_at = latest(updated_at, max_timestamp(batch, self.spec.updated_at))
+                fresh = without_loaded_rows(batch, loaded, self.target)
+                if fresh.num_rows:
+                    insert_batch(self.clickhouse, self.target, fresh, self.spec.soft_delete)
+                    rows_written += fresh.num_rows
+                elapsed = time.monotonic() - started
+                self.log(
+                    f"{self.spec.source}: {rows_read} rows read, {rows_written} written "
+                    f"({rows_read / elapsed:,.0f} rows/s), updated_at up to {updated_at}"
+                )
         seconds = time.monotonic() - started
         return StepResult(
             rows_read,

@@ -1,0 +1,71 @@
+"""The initial snapshot in partitions: one Postgres snapshot, read on several connections.
+
+One COPY stream keeps one Postgres backend busy, so it reads at most one core's worth. With
+`snapshot_partitions` > 1 the table is cut into ranges of pages (CTID ranges: any table has
+them whatever its key, and Postgres reads each with a TID Range Scan), each read by its own
+connection. Every connection runs a REPEATABLE READ transaction on the snapshot the first
+one exports (`pg_export_snapshot()`, `SET TRANSACTION SNAPSHOT`), so the partitions together
+are exactly the table at one instant, as a single COPY would read it, and the watermarks taken
+from their rows are that instant's.
+"""
+
+import re
+from collections.abc import Sequence
+from itertools import pairwise
+
+import adbc_driver_postgresql.dbapi as adbc
+
+from user_code.sync.errors import SyncError
+from user_code.sync.extract import fetch_all, quote_table
+
+_PAGES_SQL = "SELECT pg_relation_size(to_regclass($1)) / current_setting('block_size')::bigint"
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+(-[0-9A-F]+)+")
+
+
+def page_ranges(pages: int, partitions: int) -> list[str]:
+    """`partitions` WHERE conditions on `ctid` that together cover every row of the table.
+
+    The first range is open below and the last open above, so a page added after `pages` was
+    read (by a concurrent insert, invisible to the snapshot anyway) is still covered. Offsets
+    start at 1, so `(page,0)` lies before every row of `page`. The bounds are integers computed
+    here, written into the SQL because COPY takes no parameters.
+    """
+    bounds = [None, *(pages * i // partitions for i in range(1, partitions)), None]
+    conditions = []
+    for lower, upper in pairwise(bounds):
+        limits = []
+        if lower is not None:
+            limits.append(f"ctid >= '({lower},0)'::tid")
+        if upper is not None:
+            limits.append(f"ctid < '({upper},0)'::tid")
+        conditions.append(" AND ".join(limits))
+    return conditions
+
+
+def relation_pages(connection: adbc.Connection, source: str) -> int:
+    return fetch_all(connection, _PAGES_SQL, (quote_table(source),))[0][0]
+
+
+def share_snapshot(connections: Sequence[adbc.Connection]) -> None:
+    """One REPEATABLE READ transaction on each connection, all on the first one's snapshot.
+
+    Every connection imports the snapshot here, before any of them reads: the exporting
+    transaction may end (its partition read) as soon as the others hold the snapshot.
+    """
+    first, *others = connections
+    first.rollback()  # a fresh transaction: the isolation level must precede its first query
+    _begin_repeatable_read(first)
+    if not others:
+        return
+    (snapshot_id,) = fetch_all(first, "SELECT pg_export_snapshot()")[0]
+    if not _SNAPSHOT_ID.fullmatch(snapshot_id):
+        raise SyncError(f"Postgres exported an unexpected snapshot id {snapshot_id!r}.")
+    for connection in others:
+        _begin_repeatable_read(connection)
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'")
+
+
+def _begin_repeatable_read(connection: adbc.Connection) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")

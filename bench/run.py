@@ -25,8 +25,8 @@ from demo.seed import create_customers, insert_customers
 REPOSITORY = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("results.json")
 JOB = "postgres_to_clickhouse"
-# Rows a second apart, ending a day ago: the 5-minute lookback of the first incremental run
-# re-reads 300 seeded rows, as on a table that grew over weeks, not all in the last minutes.
+# Rows a second apart, ending a day ago: the one-minute lookback of the first incremental run
+# re-reads 60 seeded rows, as on a table that grew over weeks, not all in the last minutes.
 SEED_SPACING = timedelta(seconds=1)
 SEED_ENDING = datetime.now(UTC) - timedelta(days=1)
 VERSIONS = ("adbc-driver-postgresql", "chdb", "clickhouse-connect", "pyarrow", "dagster")

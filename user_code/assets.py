@@ -76,21 +76,25 @@ class StoredCursor:
 
     @classmethod
     def of(
-        cls, instance: dg.DagsterInstance, field: str, steps: list[dg.AssetKey]
+        cls,
+        events: dict[dg.AssetKey, dg.EventLogEntry | None],
+        field: str,
+        steps: list[dg.AssetKey],
     ) -> "StoredCursor":
-        events = [event for key in steps if (event := _latest_materialization(instance, key))]
-        last_read = max(events, key=lambda event: event.timestamp, default=None)
+        stored = [event for key in steps if (event := events[key])]
+        last_read = max(stored, key=lambda event: event.timestamp, default=None)
         return cls(
-            latest(*(_stored_time(event, field) for event in events)),
+            latest(*(_stored_time(event, field) for event in stored)),
             _stored_time(last_read, OPEN_SINCE),
         )
 
 
 def stored_cursors(instance: dg.DagsterInstance, keys: TableKeys) -> tuple[StoredCursor, ...]:
     """The created_at and updated_at cursors of one table."""
+    events = {key: _latest_materialization(instance, key) for key in keys.sync_steps()}
     return (
-        StoredCursor.of(instance, CREATED_AT_WATERMARK, [keys.initial_load, keys.new_records]),
-        StoredCursor.of(instance, UPDATED_AT_WATERMARK, [keys.initial_load, keys.updates]),
+        StoredCursor.of(events, CREATED_AT_WATERMARK, [keys.initial_load, keys.new_records]),
+        StoredCursor.of(events, UPDATED_AT_WATERMARK, [keys.initial_load, keys.updates]),
     )
 
 

@@ -8,10 +8,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DAGSTER_HOME=/opt/dagster/dagster_home
 
-# The chart mounts dagster.yaml into DAGSTER_HOME; the directory must exist and belong to
-# the runtime user, or Kubernetes creates it owned by root.
+# The runtime user, uid 1000 (the chart's runAsUser), needs a home it can write: Dagster keeps
+# per-user telemetry state in ~/.dagster at every step, whatever DAGSTER_HOME says. The chart
+# mounts dagster.yaml into DAGSTER_HOME; the directory must exist and belong to that user too,
+# or Kubernetes creates it owned by root.
 RUN groupadd --gid 1000 dagster \
-    && useradd --uid 1000 --gid 1000 --no-create-home --shell /usr/sbin/nologin dagster \
+    && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/dagster \
+        --shell /usr/sbin/nologin dagster \
     && mkdir -p /opt/dagster/app "$DAGSTER_HOME" \
     && chown 1000:1000 "$DAGSTER_HOME"
 
@@ -29,4 +32,5 @@ RUN pip install --no-deps .
 
 USER 1000:1000
 EXPOSE 4000
-CMD ["dagster", "api", "grpc", "-m", "user_code.definitions", "-h", "0.0.0.0", "-p", "4000"]
+# The same arguments, in the same order, as the chart gives the code server's container.
+CMD ["dagster", "api", "grpc", "-h", "0.0.0.0", "-p", "4000", "-m", "user_code.definitions"]

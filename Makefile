@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: dev test lint bench soak lock browser clean
+.PHONY: dev test lint bench soak lock browser docker clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # `dg check defs` loads the code location as Dagster does: a broken definition fails in seconds.
-test: lint browser
+test: lint browser docker
 	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/dg check defs
 	$(BIN)/python -m pytest
 
@@ -48,6 +48,17 @@ browser:
 	  echo "installing chromium for the UI test (apt-get)"; \
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# The image tests build the Dockerfile and run its containers on a Docker daemon of their own
+# (Debian's docker.io); debootstrap builds a stand-in base image where no registry answers.
+# Installed only as root, who can start that daemon; elsewhere the tests use a running Docker
+# engine, or skip and say why.
+docker:
+	@if [ "$$(id -u)" = 0 ] && ! { command -v dockerd && command -v debootstrap; } >/dev/null 2>&1; then \
+	  echo "installing docker.io and debootstrap for the image tests (apt-get)"; \
+	  apt-get update -qq && \
+	  env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null; \
+	fi
 
 clean:
 	rm -rf $(VENV) .dev .soak .pytest_cache .ruff_cache

@@ -4,6 +4,7 @@ chDB opens a single data directory per process, so the session shares one direct
 each test gets its own ClickHouse database in it (and its own Postgres database).
 """
 
+import importlib.metadata
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,8 @@ import pytest
 from chart_support import cluster
 from clickhouse_connect.driver.client import Client
 from cluster_postgres import postgres_on_loopback
-from k8s_support import k8s_object
+from docker_support import DockerEngine, base_image, docker_engine, ensure_base_image
+from k8s_support import DOCKERFILE, IMAGE, REPO_ROOT, k8s_object
 from local_cluster import loopback_addresses
 
 from demo.seed import create_customers
@@ -93,3 +95,29 @@ def cluster_postgres(loopback: dict[str, str], tmp_path_factory: pytest.TempPath
     pgdata = tmp_path_factory.mktemp("cluster-postgres") / "data"
     with postgres_on_loopback(pgdata, statefulsets, addresses, port) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def docker() -> Iterator[DockerEngine]:
+    """A Docker engine (see docker_support): the tests' own daemon where they can start one."""
+    with docker_engine() as engine:
+        yield engine
+
+
+@pytest.fixture(scope="session")
+def image(docker: DockerEngine) -> str:
+    """The project's image, built from this checkout's Dockerfile."""
+    ensure_base_image(docker, base_image(DOCKERFILE))
+    docker.build(f"{IMAGE}:test", REPO_ROOT)
+    return f"{IMAGE}:test"
+
+
+@pytest.fixture(scope="session")
+def image_with_chdb(docker: DockerEngine, image: str) -> str:
+    """The project's image plus chDB (the tests' version), a layer for tests only: no
+    ClickHouse server runs here, so containers write to chDB through a chdb:// URL."""
+    user = docker.inspect_image(image, "{{.Config.User}}")
+    chdb = importlib.metadata.version("chdb")
+    layer = f"FROM {image}\nUSER 0\nRUN pip install chdb=={chdb}\nUSER {user}\n"
+    docker.build(f"{IMAGE}:test-chdb", "-", dockerfile=layer)
+    return f"{IMAGE}:test-chdb"

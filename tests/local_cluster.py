@@ -171,3 +171,71 @@ def local_pod(
     image_env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(root)}
     env = image_env | {name: relocate(value) for name, value in env.items()}
     return LocalPod(argv, env, root, [relocate(arg) for arg in probe] if probe else None)
+
+
+_BINARY_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+_DECIMAL_SUFFIXES = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def memory_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity (`2Gi`, `512M`, `1000`) in bytes."""
+    for suffix, factor in {**_BINARY_SUFFIXES, **_DECIMAL_SUFFIXES}.items():
+        if quantity.endswith(suffix):
+            return int(float(quantity.removesuffix(suffix)) * factor)
+    return int(quantity)
+
+
+def cpus(quantity: str) -> float:
+    """A Kubernetes CPU quantity (`2`, `250m`) in cores."""
+    return int(quantity.removesuffix("m")) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def security_context(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    """The (only) container's security context, the pod's settings beneath its own."""
+    (container,) = pod_spec["containers"]
+    return {**pod_spec.get("securityContext", {}), **container.get("securityContext", {})}
+
+
+def docker_run_options(
+    pod_spec: dict[str, Any],
+    objects: Objects,
+    files: Path,
+    env_overrides: dict[str, str] | None = None,
+) -> list[str]:
+    """`docker run` options that give a container what the pod spec gives the pod's (only)
+    container: its user and group, no privilege escalation, its capabilities, its memory and
+    CPU limits, its environment (env and envFrom resolved, then `env_overrides`; written to a
+    file below `files`, not to the command line), and its
+    volumes (ConfigMaps written below `files`) mounted at their mount paths.
+    Containers share the host's network: the Services' stand-ins listen on its loopback."""
+    (container,) = pod_spec["containers"]
+    security = security_context(pod_spec)
+    options = ["--network", "host"]
+    if "runAsUser" in security:
+        options += ["--user", f"{security['runAsUser']}:{security.get('runAsGroup', 0)}"]
+    if security.get("allowPrivilegeEscalation") is False:
+        options += ["--security-opt", "no-new-privileges"]
+    capabilities = security.get("capabilities", {})
+    options += [f"--cap-drop={name}" for name in capabilities.get("drop", [])]
+    options += [f"--cap-add={name}" for name in capabilities.get("add", [])]
+    if security.get("readOnlyRootFilesystem"):
+        options.append("--read-only")
+    limits = container.get("resources", {}).get("limits", {})
+    if "memory" in limits:
+        options += ["--memory", str(memory_bytes(limits["memory"]))]
+    if "cpu" in limits:
+        options += ["--cpus", str(cpus(limits["cpu"]))]
+    env = _container_env(container, objects) | (env_overrides or {})
+    env_file = files / "env"
+    files.mkdir(parents=True, exist_ok=True)
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in env.items()))
+    env_file.chmod(0o600)
+    options += ["--env-file", str(env_file)]
+    volumes = {volume["name"]: volume for volume in pod_spec.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        source = files / mount["mountPath"].lstrip("/")
+        _write_volume(volumes[mount["name"]], mount, objects, source)
+        source.chmod(0o755 if source.is_dir() else 0o644)
+        read_only = mount.get("readOnly") or "configMap" in volumes[mount["name"]]
+        options += ["--volume", f"{source}:{mount['mountPath']}{':ro' if read_only else ''}"]
+    return options

@@ -11,6 +11,7 @@ runs as the pod would.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -40,7 +41,14 @@ from k8s_support import (
     kubernetes_version,
     values,
 )
-from local_cluster import INSTANCE_CONFIG_MAP, LocalPod, local_pod, localize
+from local_cluster import (
+    INSTANCE_CONFIG_MAP,
+    LocalPod,
+    docker_run_options,
+    local_pod,
+    localize,
+    security_context,
+)
 
 from demo.stack import (
     REPOSITORY_NAME,
@@ -190,19 +198,23 @@ def sync_run(instance: dg.DagsterInstance, local_cluster: LocalCluster) -> dg.Da
     )
 
 
-@pytest.fixture(scope="module")
-def run_job(local_cluster, daemon_instance, tmp_path_factory) -> tuple[dg.DagsterRun, dict]:
-    """The Job dagster-k8s makes for a real run of the sync job, as the API would get it."""
+def launch_sync_run(
+    local_cluster: LocalCluster, instance: dg.DagsterInstance, tmp_path: Path
+) -> tuple[dg.DagsterRun, dict]:
+    """A real run of the sync job, and the Job dagster-k8s makes for it, as the API gets it."""
     config = yaml.safe_load(local_cluster.objects.file(INSTANCE_CONFIG_MAP, "dagster.yaml"))
     recorder = JobRecorder()
-    launcher = run_launcher(
-        config["run_launcher"]["config"], recorder, tmp_path_factory.mktemp("launcher")
-    )
-    launcher.register_instance(daemon_instance)
-    run = sync_run(daemon_instance, local_cluster)
+    launcher = run_launcher(config["run_launcher"]["config"], recorder, tmp_path)
+    launcher.register_instance(instance)
+    run = sync_run(instance, local_cluster)
     launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=None))
     (job,) = recorder.jobs
     return run, kubernetes.client.ApiClient().sanitize_for_serialization(job)
+
+
+@pytest.fixture(scope="module")
+def run_job(local_cluster, daemon_instance, tmp_path_factory) -> tuple[dg.DagsterRun, dict]:
+    return launch_sync_run(local_cluster, daemon_instance, tmp_path_factory.mktemp("launcher"))
 
 
 def test_run_job_gets_the_image_command_env_and_mounts_of_the_chart(run_job, local_cluster):
@@ -269,14 +281,64 @@ def test_run_pod_command_syncs_the_table(run_job, local_cluster, daemon_instance
             pod.argv, env=pod.env, stdout=output, stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT_S
         )
     assert finished.returncode == 0, log.read_text()[-3000:]
-    stored = daemon_instance.get_run_by_id(run.run_id)
-    events = [entry.message for entry in daemon_instance.all_logs(run.run_id)][-8:]
-    assert stored.status == dg.DagsterRunStatus.SUCCESS, "\n".join(events)
-    url = urlsplit(local_cluster.chdb_url)
-    with get_client(dsn=local_cluster.chdb_url) as client:
-        database = url.query.removeprefix("database=")
+    assert_run_synced_the_table(daemon_instance, run, local_cluster.chdb_url)
+
+
+def run_story(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[str]:
+    """The run's last events, each failure with its error."""
+    story = []
+    for entry in instance.all_logs(run.run_id)[-8:]:
+        story.append(entry.message)
+        error = getattr(
+            entry.dagster_event and entry.dagster_event.event_specific_data, "error", None
+        )
+        if error is not None:
+            story.append(error.to_string())
+    return story
+
+
+def assert_run_synced_the_table(
+    instance: dg.DagsterInstance, run: dg.DagsterRun, chdb_url: str
+) -> None:
+    stored = instance.get_run_by_id(run.run_id)
+    assert stored.status == dg.DagsterRunStatus.SUCCESS, "\n".join(run_story(instance, run))
+    database = urlsplit(chdb_url).query.removeprefix("database=")
+    with get_client(dsn=chdb_url) as client:
         rows = client.query(f"SELECT count() FROM {database}.customers FINAL").result_rows
     assert rows == [(SOURCE_ROWS,)]
+
+
+# Where the run container's chDB directory is mounted: no ClickHouse server runs here.
+CONTAINER_CHDB_DIR = "/var/lib/pg2ch-chdb"
+
+
+def test_run_pod_container_of_our_image_syncs_the_table(
+    docker, image_with_chdb, local_cluster, daemon_instance, tmp_path
+):
+    """The run's Job as a container of our image (plus chDB, a test-only layer), started with
+    the Job's command, env and envFrom, mounts, user and group, dropped capabilities, no
+    privilege escalation and limits. CLICKHOUSE_URL is the one swapped value: a chdb:// path
+    in a directory mounted into the container, since no ClickHouse server runs here."""
+    run, job = launch_sync_run(local_cluster, daemon_instance, tmp_path)
+    pod_spec = job["spec"]["template"]["spec"]
+    (container,) = pod_spec["containers"]
+    assert container["image"] == USER_CODE_IMAGE  # built by skaffold; ours stands for it
+    clickhouse = tmp_path / "clickhouse"
+    clickhouse.mkdir()
+    security = security_context(pod_spec)
+    os.chown(clickhouse, security["runAsUser"], security["runAsGroup"])
+    database = urlsplit(local_cluster.chdb_url).query
+    chdb_path = f"chdb://{CONTAINER_CHDB_DIR}?{database}"
+    options = docker_run_options(
+        pod_spec, local_cluster.objects, tmp_path / "pod", {"CLICKHOUSE_URL": chdb_path}
+    )
+    argv = [*container.get("command", []), *container.get("args", [])]
+    finished = docker.run(
+        "run", "--rm", *options, "--volume", f"{clickhouse}:{CONTAINER_CHDB_DIR}",
+        image_with_chdb, *argv, timeout=RUN_TIMEOUT_S, check=False,
+    )  # fmt: skip
+    assert finished.returncode == 0, (finished.stdout + finished.stderr)[-4000:]
+    assert_run_synced_the_table(daemon_instance, run, f"chdb://{clickhouse}?{database}")
 
 
 _DAEMON_HEALTH = """

@@ -1,10 +1,10 @@
-"""The Dockerfile, and the code server its CMD starts.
+"""The Dockerfile read as text, and the code server its CMD starts, as a local process.
 
-There is no Docker engine here, so the image is not built. What is checked instead: the
-Dockerfile's instructions (base, user, port, layer order, CMD), and that CMD itself, run as a
-process in this environment (where the project is installed) with the environment a pod gets
-from k8s/ and helm/values.yaml. It must come up healthy and serve the assets over gRPC, with
-both databases unreachable, as it must in a cluster before they are up.
+What is checked here: the Dockerfile's instructions (base, user, port, layer order, CMD), and
+that CMD itself, run as a process in this environment (where the project is installed) with
+the environment a pod gets from k8s/ and helm/values.yaml. It must come up healthy and serve
+the assets over gRPC, with both databases unreachable, as it must in a cluster before they are
+up. test_image.py builds the image and runs the same pods as its containers.
 """
 
 from __future__ import annotations
@@ -71,12 +71,12 @@ def test_base_image_is_slim_python_311():
 def test_cmd_serves_the_code_location_the_chart_expects():
     command = cmd()
     assert command == [
-        "dagster", "api", "grpc", "-m", "user_code.definitions", "-h", "0.0.0.0", "-p", "4000",
+        "dagster", "api", "grpc", "-h", "0.0.0.0", "-p", "4000", "-m", "user_code.definitions",
     ]  # fmt: skip
     # The chart runs `dagster api grpc -h 0.0.0.0 -p <port> <dagsterApiGrpcArgs>` as the
-    # container's args: the same server as CMD.
+    # container's args: CMD itself (test_image.py compares the rendered args with it).
     deployment = user_deployment()
-    assert command[3:5] == deployment["dagsterApiGrpcArgs"]
+    assert command[7:] == deployment["dagsterApiGrpcArgs"]
     assert int(command[command.index("-p") + 1]) == deployment["port"]
     assert str(deployment["port"]) in last("EXPOSE").split()
 

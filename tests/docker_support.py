@@ -1,0 +1,233 @@
+"""A Docker engine for the image tests, and the project's image built on it.
+
+Where the tests run as root and `dockerd` is installed (`make test` installs Debian's
+`docker.io` when it is missing), they start a daemon of their own: its socket and run state in
+a temporary directory, its images in a cache directory (`~/.cache/pg2ch/docker`, so the base
+image and the dependency layer are built once), no iptables and no bridge network (containers
+use the host's network, where the stand-ins for the cluster's Services listen). They talk only
+to that daemon, through its socket, and stop it by its pid. Elsewhere they use the Docker engine
+the environment names (`DOCKER_HOST`, or the default socket), if one answers.
+
+The Dockerfile's base image is pulled if it can be. Where no registry is reachable (these
+machines), a private daemon gets a stand-in under the same name, built from Debian bookworm's
+own packages with debootstrap: Debian's Python 3.11 instead of the python.org build of the
+real `python:3.11-slim-bookworm`, on the same Debian release. It is labelled
+`pg2ch.stand-in`, so a test can say which base it ran on.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from demo.stack import start_service, stop_services
+
+STAND_IN_LABEL = "pg2ch.stand-in"
+DAEMON_START_TIMEOUT_S = 60
+BUILD_TIMEOUT_S = 900
+_BOOKWORM_MIRROR = "http://deb.debian.org/debian"
+
+
+def required_or_skipped(reason: str) -> None:
+    """Skip with `reason`; under CI (`CI=true`) fail instead, so a CI run never passes with
+    these tests silently left out."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: the image tests must run)")
+    pytest.skip(reason)
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pg2ch" / "docker"
+
+
+@dataclass(frozen=True)
+class DockerEngine:
+    """The `docker` command line, aimed at one daemon."""
+
+    host: str | None  # DOCKER_HOST for the CLI; None: the environment's own
+    private: bool  # started by these tests, with a data root of their own
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.host:
+            env["DOCKER_HOST"] = self.host
+        return env
+
+    def run(
+        self, *args: str, timeout: float = 120, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess:
+        finished = subprocess.run(
+            ["docker", *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+        )
+        if check and finished.returncode:
+            raise AssertionError(
+                f"`docker {' '.join(args[:3])} …` failed ({finished.returncode}):\n"
+                f"{finished.stdout[-3000:]}\n{finished.stderr[-3000:]}"
+            )
+        return finished
+
+    def inspect_image(self, reference: str, template: str) -> str | None:
+        """`docker image inspect --format <template>`; None if there is no such image."""
+        found = self.run("image", "inspect", "--format", template, reference, check=False)
+        return found.stdout.strip() if found.returncode == 0 else None
+
+    def has_image(self, reference: str) -> bool:
+        return self.inspect_image(reference, "{{.Id}}") is not None
+
+    def build(self, tag: str, context: Path | str, dockerfile: str | None = None) -> None:
+        """`docker build`; `dockerfile` given as text is read from stdin (context `-`)."""
+        args = ["build", "--network", "host", "--tag", tag]
+        self.run(*args, str(context), timeout=BUILD_TIMEOUT_S, input=dockerfile)
+
+    def answers(self) -> bool:
+        try:
+            version = self.run("version", "--format", "{{.Server.Version}}", check=False)
+        except (FileNotFoundError, subprocess.TimeoutExpired):
+            return False
+        return version.returncode == 0
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """One test session at a time uses the private daemon's data root."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@contextmanager
+def private_daemon() -> Iterator[DockerEngine]:
+    """A dockerd of our own: socket and state under a temporary directory, images cached."""
+    data_root = cache_dir() / "data"
+    with _exclusive(cache_dir() / "lock"), tempfile.TemporaryDirectory(prefix="pg2ch-dkr-") as run:
+        socket = Path(run) / "docker.sock"
+        argv = [
+            "dockerd",
+            f"--host=unix://{socket}",
+            f"--data-root={data_root}",
+            f"--exec-root={run}/exec",
+            f"--pidfile={run}/docker.pid",
+            "--iptables=false",
+            "--bridge=none",
+        ]
+        daemon = start_service("dockerd", argv, dict(os.environ), Path(run))
+        engine = DockerEngine(f"unix://{socket}", private=True)
+        try:
+            deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
+            while not engine.answers():
+                if daemon.process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"dockerd did not start\n{daemon.log_tail()}")
+                time.sleep(0.5)
+            yield engine
+            engine.run("image", "prune", "--force")  # earlier builds' images, now untagged
+        finally:
+            stop_services([daemon])
+            _unmount_below(Path(run))
+
+
+def _unmount_below(directory: Path) -> None:
+    """dockerd leaves its network namespace mounted in its exec root when it stops."""
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith(f"{directory}/")), reverse=True):
+        subprocess.run(["umount", mount], check=True)
+
+
+@contextmanager
+def docker_engine() -> Iterator[DockerEngine]:
+    if shutil.which("docker") is None and shutil.which("dockerd") is None:
+        required_or_skipped(
+            "no Docker here: install Docker (as root, `make test` installs Debian's docker.io)"
+        )
+    if os.geteuid() == 0 and shutil.which("dockerd"):
+        with private_daemon() as engine:
+            yield engine
+        return
+    engine = DockerEngine(None, private=False)
+    if not engine.answers():
+        required_or_skipped("no Docker engine answers (DOCKER_HOST or the default socket)")
+    yield engine
+
+
+def base_image(dockerfile: Path) -> str:
+    return next(
+        line.split()[1]
+        for line in dockerfile.read_text().splitlines()
+        if line.upper().startswith("FROM ")
+    )
+
+
+def ensure_base_image(engine: DockerEngine, reference: str) -> None:
+    """The Dockerfile's base: present, pulled, or (private daemon only) a stand-in."""
+    if engine.has_image(reference):
+        return
+    if engine.run("pull", reference, check=False, timeout=600).returncode == 0:
+        return
+    if not engine.private:
+        required_or_skipped(f"{reference} cannot be pulled and is not in the Docker engine")
+    if reference != "python:3.11-slim-bookworm" or shutil.which("debootstrap") is None:
+        required_or_skipped(
+            f"{reference} cannot be pulled, and a stand-in is built only for "
+            "python:3.11-slim-bookworm, with debootstrap"
+        )
+    _import_stand_in(engine, reference)
+
+
+def debian_mirror() -> str:
+    """The Debian mirror this machine's apt uses (deb822 or one-line sources)."""
+    sources = [Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list")]
+    for path in sources:
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            words = line.split()
+            if words[:1] == ["URIs:"]:
+                return words[1]
+            if words[:1] == ["deb"] and len(words) > 1:
+                return next(w for w in words[1:] if not w.startswith("["))
+    return _BOOKWORM_MIRROR
+
+
+def _import_stand_in(engine: DockerEngine, reference: str) -> None:
+    """Debian bookworm with python3, pip and venv, laid out like the python image: `python`
+    and `pip` on PATH, pip allowed to install system-wide, the machine's CA bundle (the only
+    way containers here reach the package index)."""
+    with tempfile.TemporaryDirectory(prefix="pg2ch-base-") as work:
+        root = Path(work) / "rootfs"
+        packages = "python3,python3-venv,python3-pip,ca-certificates"
+        subprocess.run(
+            ["debootstrap", "--variant=minbase", f"--include={packages}", "bookworm", str(root),
+             debian_mirror()],
+            check=True, capture_output=True, timeout=BUILD_TIMEOUT_S,
+        )  # fmt: skip
+        for name, target in (("python", "python3"), ("python3", "python3"), ("pip", "pip3")):
+            (root / "usr/local/bin" / name).symlink_to(f"/usr/bin/{target}")
+        (root / "usr/lib/python3.11/EXTERNALLY-MANAGED").unlink(missing_ok=True)
+        shutil.copy("/etc/ssl/certs/ca-certificates.crt", root / "etc/ssl/certs/")
+        for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            shutil.rmtree(root / cache, ignore_errors=True)
+        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+        imported = subprocess.run(
+            ["docker", "import", "--change", "ENV LANG=C.UTF-8",
+             "--change", f"LABEL {STAND_IN_LABEL}=debootstrap-bookworm",
+             "--change", 'CMD ["python3"]', "-", reference],
+            stdin=tar.stdout, env=engine.env(), capture_output=True, timeout=600,
+        )  # fmt: skip
+        tar.wait()
+        assert imported.returncode == 0, imported.stderr.decode()[-2000:]

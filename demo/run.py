@@ -32,7 +32,7 @@ from demo.stack import (
 from demo.traffic import INTERVAL_S, start_traffic
 from user_code.resources import is_embedded
 from user_code.sync.errors import describe_url
-from user_code.sync.extract import connect, count_rows
+from user_code.sync.postgres import connect, count_rows
 
 DEV_DIR = REPO_ROOT / ".dev"
 HOST, PORT = "127.0.0.1", 3000

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from demo.seed import insert_customers, update_customers
-from user_code.sync.extract import connect
+from user_code.sync.postgres import connect
 
 INTERVAL_S = 5.0
 NEW_CUSTOMERS = (1, 20)  # per tick, picked at random

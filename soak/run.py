@@ -41,10 +41,10 @@ from demo.stack import (
     write_instance,
 )
 from soak.traffic import ORDERS_DDL, Traffic
-from user_code.assets import TableKeys
 from user_code.config import load_sync_config
 from user_code.resources import ClickHouseResource, PostgresResource, open_table
-from user_code.sync.extract import connect
+from user_code.state import TableKeys
+from user_code.sync.postgres import connect
 
 SOAK_DIR = REPO_ROOT / ".soak"
 RESULTS = Path(__file__).with_name("results.json")

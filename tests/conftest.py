@@ -21,7 +21,7 @@ from local_cluster import loopback_addresses
 
 from demo.seed import create_customers
 from user_code.resources import ClickHouseResource
-from user_code.sync.extract import connect
+from user_code.sync.postgres import connect
 
 
 def unique_name(prefix: str) -> str:

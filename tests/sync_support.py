@@ -8,7 +8,7 @@ from user_code.config import SyncConfig, parse_sync_config
 from user_code.definitions import build_definitions
 from user_code.resources import ClickHouseResource
 from user_code.sync.compare import Comparison
-from user_code.sync.extract import connect
+from user_code.sync.postgres import connect
 from user_code.sync.table_sync import TableSync
 
 # A second shape of table: a two-column key, and timestamps without a time zone.

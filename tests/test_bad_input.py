@@ -121,6 +121,15 @@ def test_nullable_updated_at_is_refused(failed_run, customers):
     assert "`updated_at` must be NOT NULL" in failed_run(demo_config(updated_at="touched_at"))
 
 
+def test_source_column_named_like_pg2ch_own_column_is_refused(failed_run, customers):
+    with customers.cursor() as cursor:
+        cursor.execute("ALTER TABLE customers ADD COLUMN _is_deleted boolean")
+    customers.commit()
+    message = failed_run(demo_config())
+    assert "public.customers._is_deleted: pg2ch uses this column name itself" in message
+    assert "sync a view that renames the column" in message
+
+
 def test_table_name_with_quotes_and_sql_is_quoted_not_run(sync_env, customers, ch, clickhouse):
     hostile = 'weird"name; DROP TABLE customers; --'
     with customers.cursor() as cursor:

@@ -39,10 +39,11 @@ from demo.stack import (
     Deployment,
     create_database,
     dagster_storage_url,
+    graphql,
     sync_environment,
     write_instance,
 )
-from user_code.sync.extract import connect, count_rows
+from user_code.sync.postgres import connect, count_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -143,6 +144,39 @@ def test_daemon_syncs_inserted_rows(deployment, instance, source, trigger, rows)
         insert_customers(source, rows)
         run = first_run(deployment, instance, inserted_at, started_by=trigger)
     assert_synced(run, new_rows=rows, source=source)
+
+
+_LATEST_MATERIALIZATION = """
+query ($path: [String!]!) {
+  assetOrError(assetKey: {path: $path}) {
+    ... on Asset {
+      assetMaterializations(limit: 1) {
+        metadataEntries {
+          label
+          ... on IntMetadataEntry { intValue }
+          ... on TextMetadataEntry { text }
+          ... on TableSchemaMetadataEntry { schema { columns { name type description } } }
+        }
+      }
+    }
+  }
+}
+"""
+
+
+def test_asset_page_shows_row_count_table_name_and_column_schema(deployment, instance, source):
+    """What the asset page of `customers/updates` shows from Dagster's standard metadata."""
+    wait_until_synced(deployment, instance)
+    variables = {"path": [TABLE, "updates"]}
+    asset = graphql(deployment.url, _LATEST_MATERIALIZATION, variables)["assetOrError"]
+    (materialization,) = asset["assetMaterializations"]
+    entries = {entry["label"]: entry for entry in materialization["metadataEntries"]}
+    assert entries["dagster/row_count"]["intValue"] == count_rows(source, f"public.{TABLE}")
+    assert entries["dagster/table_name"]["text"] == f"analytics.{TABLE}"
+    columns = {c["name"]: c for c in entries["dagster/column_schema"]["schema"]["columns"]}
+    assert columns["id"] == {"name": "id", "type": "Int64", "description": "Postgres: bigint"}
+    assert columns["balance"]["description"] == "Postgres: numeric(12,2)"
+    assert columns["_is_deleted"]["type"] == "UInt8"
 
 
 def _png_size(path: Path) -> tuple[int, int]:

@@ -13,8 +13,8 @@ import pytest
 from sync_support import ORDER_LINES, compare, demo_config, run_sync, step_metadata
 
 from demo.seed import insert_customers, update_customers
-from user_code.assets import TableKeys, stored_watermarks
-from user_code.sync import extract, table_sync
+from user_code.state import TableKeys, stored_watermarks
+from user_code.sync import postgres, source_table, streaming, table_sync
 from user_code.sync.errors import SyncError
 from user_code.sync.table_sync import TableSync
 from user_code.sync.watermark import Cursor
@@ -25,8 +25,8 @@ pytestmark = pytest.mark.usefixtures("sync_env")
 @pytest.fixture
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches of a few dozen rows, so a few thousand rows make many batches."""
-    monkeypatch.setattr(extract, "BATCH_SIZE_HINT_BYTES", 8 * 1024)
-    monkeypatch.setattr(extract, "FETCH_ROWS", 50)
+    monkeypatch.setattr(streaming, "BATCH_SIZE_HINT_BYTES", 8 * 1024)
+    monkeypatch.setattr(streaming, "FETCH_ROWS", 50)
 
 
 def crash_after(monkeypatch: pytest.MonkeyPatch, batches: int) -> None:
@@ -52,7 +52,7 @@ def execute(sql: str, connection, *parameters) -> None:
 
 def fail_partition_after(monkeypatch: pytest.MonkeyPatch, batches: int) -> None:
     """Make the middle partition of a snapshot fail after reading `batches` batches."""
-    read = extract.SourceTable.read
+    read = source_table.SourceTable.read
 
     def read_then_fail(self, connection, sql, parameters=()):
         for read_so_far, batch in enumerate(read(self, connection, sql, parameters)):
@@ -60,7 +60,7 @@ def fail_partition_after(monkeypatch: pytest.MonkeyPatch, batches: int) -> None:
                 raise SyncError("injected crash in one partition")
             yield batch
 
-    monkeypatch.setattr(extract.SourceTable, "read", read_then_fail)
+    monkeypatch.setattr(source_table.SourceTable, "read", read_then_fail)
 
 
 @pytest.mark.parametrize(("batches_before_crash", "partitions"), [(0, 1), (1, 1), (7, 1), (7, 3)])
@@ -115,12 +115,12 @@ def test_partitioned_snapshot_is_one_instant_while_writes_commit(
     """
     config = demo_config(snapshot_partitions=3, hard_deletes=True)
     insert_customers(customers, 3000, ending_at="2020-01-01")
-    (before,) = extract.fetch_all(customers, f"SELECT {_DIGEST} FROM customers")
+    (before,) = postgres.fetch_all(customers, f"SELECT {_DIGEST} FROM customers")
     share_snapshot = table_sync.share_snapshot
 
     def share_then_write(connections):
         share_snapshot(connections)
-        with extract.connect(pg_url) as writer:
+        with postgres.connect(pg_url) as writer:
             execute("DELETE FROM customers WHERE id <= 100", writer)
             execute(
                 "UPDATE customers SET balance = 0, updated_at = clock_timestamp() "
@@ -174,7 +174,7 @@ def test_crash_during_incremental_run_then_rerun(
 def test_transaction_open_across_a_sync_is_caught_by_the_lookback(customers, pg_url):
     instance = dg.DagsterInstance.ephemeral()
     insert_customers(customers, 10)
-    with extract.connect(pg_url) as long_transaction:
+    with postgres.connect(pg_url) as long_transaction:
         with long_transaction.cursor() as cursor:  # now() is this transaction's start time
             cursor.execute(
                 "INSERT INTO customers (name, created_by, updated_by) VALUES ('late', 'tx', 'tx')"

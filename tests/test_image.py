@@ -28,7 +28,7 @@ from local_cluster import docker_run_options, localize, security_context
 
 from demo.stack import REPOSITORY_NAME
 from user_code.automation import VERIFY_JOB
-from user_code.checks import CONTENT_CHECKSUM
+from user_code.state import CONTENT_CHECKSUM
 
 CODE_SERVER = f"{helm_release()['name']}-dagster-user-deployments-pg2ch"
 CODE_SERVICE = "pg2ch"

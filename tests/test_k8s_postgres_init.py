@@ -76,7 +76,7 @@ def test_the_sync_role_reads_but_cannot_write(source_socket):
 
 
 def test_the_sync_role_sees_when_other_sessions_transactions_began(source_socket):
-    """Without it, reads fall back to `lookback` alone (user_code/sync/extract.py)."""
+    """Without it, reads fall back to `lookback` alone (user_code/sync/open_transactions.py)."""
     with cursor(source_socket, "postgres") as writer, cursor(source_socket, READER) as cur:
         writer.execute("SELECT now()")  # a transaction open in another role's session
         (writer_started,) = writer.fetchone()

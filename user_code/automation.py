@@ -1,15 +1,28 @@
 """Jobs, their schedules, and the sensor that starts a sync when the source has newer rows."""
 
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from user_code.assets import TableKeys, stored_watermarks
-from user_code.checks import CONTENT_CHECKSUM, FRESHNESS, ROW_COUNT_PARITY
 from user_code.config import SyncConfig
 from user_code.resources import PostgresResource
-from user_code.sync.extract import latest_timestamps
+from user_code.state import (
+    CONTENT_CHECKSUM,
+    FRESHNESS,
+    ROW_COUNT_PARITY,
+    TableKeys,
+    stored_watermarks,
+)
+from user_code.sync.postgres import latest_timestamps
 from user_code.sync.watermark import to_text
+
+if TYPE_CHECKING:  # what define_asset_job returns; not exported by dagster
+    from dagster._core.definitions.unresolved_asset_job_definition import (
+        UnresolvedAssetJobDefinition,
+    )
 
 SYNC_JOB = "postgres_to_clickhouse"
 VERIFY_JOB = "verify_clickhouse"
@@ -19,12 +32,16 @@ def _every_table(config: SyncConfig) -> list[TableKeys]:
     return [TableKeys.of(spec) for spec in config.tables]
 
 
-def build_jobs(config: SyncConfig) -> list:
+def build_jobs(config: SyncConfig) -> list[UnresolvedAssetJobDefinition]:
     tables = _every_table(config)
     sync_steps = dg.AssetSelection.assets(*(k for t in tables for k in t.sync_steps()))
     content_checks = dg.AssetSelection.checks(*(t.check(CONTENT_CHECKSUM) for t in tables))
     reconciliations = dg.AssetSelection.assets(
-        *(TableKeys.of(spec).reconcile_deletes for spec in config.tables if spec.hard_deletes)
+        *(
+            keys.reconcile_deletes
+            for spec, keys in zip(config.tables, tables, strict=True)
+            if spec.hard_deletes
+        )
     )
     return [
         dg.define_asset_job(
@@ -43,7 +60,9 @@ def build_jobs(config: SyncConfig) -> list:
     ]
 
 
-def _schedule(job_name: str, cron_variable: str, default_cron: str, what: str):
+def _schedule(
+    job_name: str, cron_variable: str, default_cron: str, what: str
+) -> dg.ScheduleDefinition:
     return dg.ScheduleDefinition(
         name=f"{job_name}_schedule",
         job_name=job_name,
@@ -71,7 +90,9 @@ def build_sensor(config: SyncConfig) -> dg.SensorDefinition:
             "Reads only Postgres (max of two indexed columns) and the Dagster instance."
         ),
     )
-    def postgres_changes_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
+    def postgres_changes_sensor(
+        context: dg.SensorEvaluationContext, postgres: PostgresResource
+    ) -> dg.RunRequest | dg.SkipReason:
         stale: list[tuple[str, TableKeys]] = []
         with postgres.connect() as connection:
             for spec, keys in zip(config.tables, _every_table(config), strict=True):

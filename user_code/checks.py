@@ -1,31 +1,55 @@
-"""Asset checks per table: row-count parity and freshness."""
+"""Asset checks per table, all on its `updates` asset: row-count parity, freshness, and the
+exact content comparison."""
 
-from datetime import timedelta
+from collections.abc import Callable
 
 import dagster as dg
 
-from user_code.assets import TableKeys, stored_watermarks
 from user_code.config import TableSpec
 from user_code.resources import ClickHouseResource, PostgresResource, open_table
-from user_code.sync.extract import count_rows, latest_timestamps
+from user_code.state import (
+    CONTENT_CHECKSUM,
+    FRESHNESS,
+    ROW_COUNT_PARITY,
+    TableKeys,
+    lag,
+    stored_watermarks,
+)
 from user_code.sync.load import count_live_rows
+from user_code.sync.postgres import count_rows, latest_timestamps
 from user_code.sync.watermark import to_text
 
-ROW_COUNT_PARITY, FRESHNESS, CONTENT_CHECKSUM = "row_count_parity", "freshness", "content_checksum"
+CheckFunction = Callable[..., dg.AssetCheckResult]
 
 
 def build_table_checks(spec: TableSpec) -> list[dg.AssetChecksDefinition]:
     keys = TableKeys.of(spec)
-
-    @dg.asset_check(
-        asset=keys.updates,
-        name=ROW_COUNT_PARITY,
-        description=(
+    checks: dict[str, tuple[CheckFunction, str]] = {
+        ROW_COUNT_PARITY: (
+            _row_count_parity(spec),
             f"Live rows in {spec.source} equal rows in ClickHouse `{spec.target_table}` read "
             "with FINAL (one row per key, deletions left out). A warning while writes are in "
-            "flight; a lasting gap means rows were lost or duplicated."
+            "flight; a lasting gap means rows were lost or duplicated.",
         ),
-    )
+        FRESHNESS: (
+            _freshness(spec, keys),
+            f"Lag between the newest `{spec.updated_at}` in {spec.source} and the stored "
+            f"watermark stays under {spec.freshness_limit}.",
+        ),
+        CONTENT_CHECKSUM: (
+            _content_checksum(spec),
+            f"Every column of every live row in ClickHouse `{spec.target_table}` equals "
+            f"{spec.source}: counts plus a checksum per key range, in bounded memory. Reads "
+            "both tables in full, so it runs in the `verify_clickhouse` job, not every sync.",
+        ),
+    }
+    return [
+        dg.asset_check(asset=keys.updates, name=name, description=description)(check)
+        for name, (check, description) in checks.items()
+    ]
+
+
+def _row_count_parity(spec: TableSpec) -> CheckFunction:
     def row_count_parity(
         postgres: PostgresResource, clickhouse: ClickHouseResource
     ) -> dg.AssetCheckResult:
@@ -44,15 +68,13 @@ def build_table_checks(spec: TableSpec) -> list[dg.AssetChecksDefinition]:
             },
         )
 
-    @dg.asset_check(
-        asset=keys.updates,
-        name=FRESHNESS,
-        description=(
-            f"Lag between the newest `{spec.updated_at}` in {spec.source} and the stored "
-            f"watermark stays under {spec.freshness_limit}."
-        ),
-    )
-    def freshness(context: dg.AssetCheckExecutionContext, postgres: PostgresResource):
+    return row_count_parity
+
+
+def _freshness(spec: TableSpec, keys: TableKeys) -> CheckFunction:
+    def freshness(
+        context: dg.AssetCheckExecutionContext, postgres: PostgresResource
+    ) -> dg.AssetCheckResult:
         with postgres.connect() as connection:
             (source_latest,) = latest_timestamps(connection, spec.source, [spec.updated_at])
         _, watermark = stored_watermarks(context.instance, keys)
@@ -60,25 +82,20 @@ def build_table_checks(spec: TableSpec) -> list[dg.AssetChecksDefinition]:
             return dg.AssetCheckResult(passed=True, metadata={"lag_s": 0.0})
         if watermark is None:
             return dg.AssetCheckResult(passed=False, description=f"{spec.source} was never synced.")
-        lag = max(source_latest - watermark, timedelta(0))
+        behind = lag(source_latest, watermark)
         return dg.AssetCheckResult(
-            passed=lag <= spec.freshness_limit,
+            passed=behind <= spec.freshness_limit,
             metadata={
-                "lag_s": round(lag.total_seconds(), 3),
+                "lag_s": round(behind.total_seconds(), 3),
                 "source_latest": to_text(source_latest),
                 "watermark": to_text(watermark),
             },
         )
 
-    @dg.asset_check(
-        asset=keys.updates,
-        name=CONTENT_CHECKSUM,
-        description=(
-            f"Every column of every live row in ClickHouse `{spec.target_table}` equals "
-            f"{spec.source}: counts plus a checksum per key range, in bounded memory. Reads "
-            "both tables in full, so it runs in the `verify_clickhouse` job, not every sync."
-        ),
-    )
+    return freshness
+
+
+def _content_checksum(spec: TableSpec) -> CheckFunction:
     def content_checksum(
         postgres: PostgresResource, clickhouse: ClickHouseResource
     ) -> dg.AssetCheckResult:
@@ -96,4 +113,4 @@ def build_table_checks(spec: TableSpec) -> list[dg.AssetChecksDefinition]:
             },
         )
 
-    return [row_count_parity, freshness, content_checksum]
+    return content_checksum

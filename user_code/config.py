@@ -4,14 +4,15 @@ import os
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from user_code.sync.errors import SyncError
-from user_code.sync.extract import split_table_name
-from user_code.sync.table_sync import TableSettings
+from user_code.sync.postgres_names import split_table_name
+from user_code.sync.settings import TableSettings
 
 # Reads also start no later than the oldest transaction open at the previous read (see
 # user_code/sync/watermark.py), which covers rows stamped by the database clock however long
@@ -143,7 +144,7 @@ class SyncConfig(BaseModel):
         return self
 
 
-def _describe(error: dict, raw: dict) -> str:
+def _describe(error: ErrorDetails, raw: dict[str, Any]) -> str:
     location = list(error["loc"])
     where = "SYNC_CONFIG"
     if len(location) >= 2 and location[0] == "tables" and isinstance(location[1], int):

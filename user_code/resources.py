@@ -1,6 +1,6 @@
 """Postgres and ClickHouse as Dagster resources; embedded or server is decided here, by URL."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import parse_qs, urlsplit
 
@@ -11,8 +11,9 @@ from clickhouse_connect.driver.client import Client
 from pydantic import Field
 
 from user_code.config import TableSpec
-from user_code.sync import extract
 from user_code.sync.errors import ConnectionFailed, describe_url, redact, require_scheme
+from user_code.sync.postgres import connect
+from user_code.sync.settings import Progress, no_progress
 from user_code.sync.table_sync import TableSync
 
 
@@ -21,18 +22,20 @@ def is_embedded(clickhouse_url: str) -> bool:
     return urlsplit(clickhouse_url).scheme == "chdb"
 
 
-class PostgresResource(dg.ConfigurableResource):
+# Dagster's resources subclass ConfigurableResource unparametrized (the resource is its own
+# value); its type parameter is for factories of other values.
+class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     """The source database."""
 
     url: str = Field(description="libpq URI, e.g. postgresql://user:pass@host:5432/db")
 
     @contextmanager
     def connect(self) -> Iterator[adbc.Connection]:
-        with extract.connect(self.url) as connection:
+        with connect(self.url) as connection:
             yield connection
 
 
-class ClickHouseResource(dg.ConfigurableResource):
+class ClickHouseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     """The destination: a ClickHouse server over HTTP(S), or chDB in this process."""
 
     url: str = Field(
@@ -49,10 +52,10 @@ class ClickHouseResource(dg.ConfigurableResource):
     @contextmanager
     def get_client(self) -> Iterator[Client]:
         require_scheme(self.url, "CLICKHOUSE_URL", ("http", "https", "chdb"))
-        parts = urlsplit(self.url)
+        embedded = is_embedded(self.url)
         try:
-            if is_embedded(self.url):
-                client = clickhouse_connect.get_client(dsn=f"chdb://{parts.path}")
+            if embedded:
+                client = clickhouse_connect.get_client(dsn=f"chdb://{urlsplit(self.url).path}")
             else:
                 client = clickhouse_connect.get_client(
                     dsn=self.url, database=self.database, autogenerate_session_id=False
@@ -61,7 +64,7 @@ class ClickHouseResource(dg.ConfigurableResource):
             hint = (
                 "only one process may open a chdb directory: wait for the running sync to "
                 "finish, or point CLICKHOUSE_URL at a ClickHouse server"
-                if is_embedded(self.url)
+                if embedded
                 else "check CLICKHOUSE_URL and that the server is up"
             )
             raise ConnectionFailed(
@@ -79,14 +82,15 @@ def open_table(
     spec: TableSpec,
     postgres: PostgresResource,
     clickhouse: ClickHouseResource,
-    log: Callable[[str], None] = lambda message: None,
+    progress: Progress = no_progress,
 ) -> Iterator[TableSync]:
     """One table's sync engine, on its own connections to both databases."""
     with postgres.connect() as connection, clickhouse.get_client() as client:
-        yield TableSync(spec.settings, connection, client, clickhouse.database, log, postgres.url)
+        database = clickhouse.database
+        yield TableSync(spec.settings, connection, client, database, progress, postgres.url)
 
 
-def build_resources() -> dict[str, dg.ConfigurableResource]:
+def build_resources() -> dict[str, PostgresResource | ClickHouseResource]:
     return {
         "postgres": PostgresResource(url=dg.EnvVar("PG_URL")),
         "clickhouse": ClickHouseResource(url=dg.EnvVar("CLICKHOUSE_URL")),

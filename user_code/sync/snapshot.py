@@ -16,9 +16,8 @@ from itertools import pairwise
 import adbc_driver_postgresql.dbapi as adbc
 
 from user_code.sync.errors import SyncError
-from user_code.sync.extract import fetch_all, quote_table
+from user_code.sync.postgres import fetch_all
 
-_PAGES_SQL = "SELECT pg_relation_size(to_regclass($1)) / current_setting('block_size')::bigint"
 _SNAPSHOT_ID = re.compile(r"[0-9A-F]+(-[0-9A-F]+)+")
 
 
@@ -31,7 +30,7 @@ def page_ranges(pages: int, partitions: int) -> list[str]:
     here, written into the SQL because COPY takes no parameters.
     """
     bounds = [None, *(pages * i // partitions for i in range(1, partitions)), None]
-    conditions = []
+    conditions: list[str] = []
     for lower, upper in pairwise(bounds):
         limits = []
         if lower is not None:
@@ -40,10 +39,6 @@ def page_ranges(pages: int, partitions: int) -> list[str]:
             limits.append(f"ctid < '({upper},0)'::tid")
         conditions.append(" AND ".join(limits))
     return conditions
-
-
-def relation_pages(connection: adbc.Connection, source: str) -> int:
-    return fetch_all(connection, _PAGES_SQL, (quote_table(source),))[0][0]
 
 
 def share_snapshot(connections: Sequence[adbc.Connection]) -> None:

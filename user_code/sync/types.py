@@ -29,6 +29,7 @@ class PgColumn:
     name: str
     type: PgType
     nullable: bool
+    declared_type: str  # as Postgres prints it (`format_type`): numeric(12,2), a domain's name
 
 
 @dataclass(frozen=True)

@@ -19,23 +19,23 @@ from datetime import UTC, datetime, timedelta
 @dataclass(frozen=True)
 class Cursor:
     column: str
-    last_value: datetime | None
+    watermark: datetime | None  # the largest value read so far, None before the first read
     lookback: timedelta
     open_since: datetime | None = None  # oldest open transaction at the last read, if known
 
     @property
     def start(self) -> datetime | None:
         """The lower bound of the next read, or None to read everything."""
-        if self.last_value is None:
+        if self.watermark is None:
             return None
-        return earliest(self.last_value - self.lookback, self.open_since)
+        return earliest(self.watermark - self.lookback, self.open_since)
 
     @property
     def held_back(self) -> timedelta:
         """How much earlier than `watermark - lookback` an open transaction makes the start."""
-        if self.last_value is None or self.open_since is None:
+        if self.watermark is None or self.open_since is None:
             return timedelta(0)
-        return max(self.last_value - self.lookback - self.open_since, timedelta(0))
+        return max(self.watermark - self.lookback - self.open_since, timedelta(0))
 
 
 def to_text(value: datetime | None) -> str | None:

@@ -1,0 +1,150 @@
+"""What Dagster holds for each table: its asset and check keys, the metadata each step stores,
+and the cursors read back from it.
+
+Watermarks live in the metadata of each materialization, read back from the Dagster instance:
+they survive restarts, show in the UI, and are stored only after ClickHouse acknowledged every
+insert of the step. The metadata names below are stored state: renaming one loses the cursors.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import dagster as dg
+
+from user_code.config import TableSpec
+from user_code.sync.table_sync import StepResult, TableSync
+from user_code.sync.target_table import DELETED_COLUMN
+from user_code.sync.watermark import from_text, latest, to_text
+
+CREATED_AT_WATERMARK = "created_at_watermark"
+UPDATED_AT_WATERMARK = "updated_at_watermark"
+# When the oldest transaction open in the source began, as the step's read began: the next
+# read starts there at the latest (see user_code/sync/watermark.py).
+OPEN_SINCE = "oldest_open_transaction"
+# Dagster's standard keys: the UI shows them on the asset's page without configuration.
+ROW_COUNT = "dagster/row_count"
+TABLE_NAME = "dagster/table_name"
+COLUMN_SCHEMA = "dagster/column_schema"
+
+ROW_COUNT_PARITY, FRESHNESS, CONTENT_CHECKSUM = "row_count_parity", "freshness", "content_checksum"
+
+
+@dataclass(frozen=True)
+class TableKeys:
+    """The asset keys of one table: `<clickhouse table>/<step>`."""
+
+    initial_load: dg.AssetKey
+    new_records: dg.AssetKey
+    updates: dg.AssetKey
+    reconcile_deletes: dg.AssetKey
+
+    @classmethod
+    def of(cls, spec: TableSpec) -> "TableKeys":
+        return cls(*(dg.AssetKey([spec.target_table, step]) for step in cls.__dataclass_fields__))
+
+    def sync_steps(self) -> list[dg.AssetKey]:
+        return [self.initial_load, self.new_records, self.updates]
+
+    def check(self, name: str) -> dg.AssetCheckKey:
+        """Every check of a table sits on its `updates` asset, the last step of a sync."""
+        return dg.AssetCheckKey(self.updates, name)
+
+
+def _latest_materialization(
+    instance: dg.DagsterInstance, key: dg.AssetKey
+) -> dg.EventLogEntry | None:
+    event = instance.get_latest_materialization_event(key)
+    return event if event is not None and event.asset_materialization is not None else None
+
+
+def _stored_time(event: dg.EventLogEntry | None, name: str) -> datetime | None:
+    materialization = event.asset_materialization if event else None
+    value = materialization.metadata.get(name) if materialization else None
+    return from_text(value.value if isinstance(value, dg.TextMetadataValue) else None)
+
+
+@dataclass(frozen=True)
+class StoredCursor:
+    """What the steps that read one cursor column stored: the watermark (the latest of their
+    values) and the oldest transaction open when the most recent of their reads began."""
+
+    watermark: datetime | None
+    open_since: datetime | None
+
+    def advanced(self, largest_read: datetime | None, result: StepResult) -> "StoredCursor":
+        """The cursor after a step that read up to `largest_read`."""
+        return StoredCursor(latest(self.watermark, largest_read), result.open_since)
+
+
+def _stored_cursor(
+    events: dict[dg.AssetKey, dg.EventLogEntry | None], name: str, steps: list[dg.AssetKey]
+) -> StoredCursor:
+    stored = [event for key in steps if (event := events[key])]
+    last_read = max(stored, key=lambda event: event.timestamp, default=None)
+    return StoredCursor(
+        latest(*(_stored_time(event, name) for event in stored)),
+        _stored_time(last_read, OPEN_SINCE),
+    )
+
+
+def stored_cursors(
+    instance: dg.DagsterInstance, keys: TableKeys
+) -> tuple[StoredCursor, StoredCursor]:
+    """The created_at and updated_at cursors of one table."""
+    events = {key: _latest_materialization(instance, key) for key in keys.sync_steps()}
+    return (
+        _stored_cursor(events, CREATED_AT_WATERMARK, [keys.initial_load, keys.new_records]),
+        _stored_cursor(events, UPDATED_AT_WATERMARK, [keys.initial_load, keys.updates]),
+    )
+
+
+def stored_watermarks(
+    instance: dg.DagsterInstance, keys: TableKeys
+) -> tuple[datetime | None, datetime | None]:
+    """(created_at, updated_at) watermarks: the latest of what the steps stored."""
+    created_at, updated_at = stored_cursors(instance, keys)
+    return created_at.watermark, updated_at.watermark
+
+
+def lag(source_latest: datetime | None, watermark: datetime | None) -> timedelta:
+    """How far the stored watermark is behind the source's newest value; never negative."""
+    if source_latest is None or watermark is None:
+        return timedelta(0)
+    return max(source_latest - watermark, timedelta(0))
+
+
+def step_metadata(
+    result: StepResult, table_name: str, **stored: datetime | float | None
+) -> dict[str, dg.MetadataValue]:
+    """A step's figures for the UI's plots, and `stored` (watermarks as exact UTC text)."""
+    metadata: dict[str, dg.MetadataValue] = {
+        "rows_read": dg.MetadataValue.int(result.rows_read),
+        "rows_written": dg.MetadataValue.int(result.rows_written),
+        "duration_s": dg.MetadataValue.float(round(result.seconds, 3)),
+        "rows_per_s": dg.MetadataValue.float(round(result.rows_per_second, 1)),
+        "held_back_s": dg.MetadataValue.float(round(result.held_back.total_seconds(), 3)),
+        "clickhouse_table": dg.MetadataValue.text(table_name),
+    }
+    for name, value in {**stored, OPEN_SINCE: result.open_since}.items():
+        if isinstance(value, datetime):
+            metadata[name] = dg.MetadataValue.text(str(to_text(value)))
+        elif value is not None:
+            metadata[name] = dg.MetadataValue.float(value)
+    return metadata
+
+
+def table_metadata(table: TableSync, row_count: int) -> dict[str, dg.MetadataValue]:
+    """Dagster's standard table metadata: the ClickHouse table's name, its live rows, and its
+    columns, each described by the Postgres column it comes from."""
+    columns = [
+        dg.TableColumn(m.name, m.clickhouse_type, description=f"Postgres: {c.declared_type}")
+        for c, m in zip(table.source.columns, table.source.mappings, strict=True)
+    ]
+    columns.append(
+        dg.TableColumn(DELETED_COLUMN, "UInt8", description="pg2ch: 1 marks a row deleted")
+    )
+    return {
+        TABLE_NAME: dg.MetadataValue.text(f"{table.target.database}.{table.target.name}"),
+        ROW_COUNT: dg.MetadataValue.int(row_count),
+        COLUMN_SCHEMA: dg.MetadataValue.table_schema(dg.TableSchema(columns)),
+    }

@@ -1,0 +1,92 @@
+"""One table's sync steps within a Dagster run: the stored cursors in, materializations out.
+
+Each step reads from its cursor, and its materialization stores where the next read starts;
+the cursors advance step by step, so new records start where the initial load ended and
+updates stop at the rows new records just read.
+"""
+
+from datetime import datetime
+
+import dagster as dg
+
+from user_code.config import TableSpec
+from user_code.state import (
+    CREATED_AT_WATERMARK,
+    UPDATED_AT_WATERMARK,
+    StoredCursor,
+    TableKeys,
+    lag,
+    step_metadata,
+    stored_cursors,
+    table_metadata,
+)
+from user_code.sync.load import count_live_rows
+from user_code.sync.postgres import latest_timestamps
+from user_code.sync.table_sync import StepResult, TableSync
+from user_code.sync.watermark import Cursor
+
+# A step's result: no value (the data is in ClickHouse), only metadata.
+Materialization = dg.MaterializeResult[None]
+
+
+class TableSteps:
+    def __init__(
+        self, instance: dg.DagsterInstance, spec: TableSpec, keys: TableKeys, table: TableSync
+    ):
+        self.instance = instance
+        self.spec = spec
+        self.keys = keys
+        self.table = table
+        self.created, self.updated = stored_cursors(instance, keys)
+
+    def prepare(self) -> bool:
+        """Create or update the ClickHouse table; True when it holds an initial load already."""
+        created = self.table.prepare()
+        return (
+            not created
+            and self.instance.get_latest_materialization_event(self.keys.initial_load) is not None
+        )
+
+    def initial_load(self) -> Materialization:
+        result = self.table.snapshot()
+        self.created = self.created.advanced(result.created_at, result)
+        self.updated = self.updated.advanced(result.updated_at, result)
+        stored = {
+            CREATED_AT_WATERMARK: self.created.watermark,
+            UPDATED_AT_WATERMARK: self.updated.watermark,
+        }
+        return self._materialization(self.keys.initial_load, result, **stored)
+
+    def new_records(self) -> Materialization:
+        result = self.table.new_records(self._cursor(self.spec.created_at, self.created))
+        self.created = self.created.advanced(result.created_at, result)
+        stored = {CREATED_AT_WATERMARK: self.created.watermark}
+        return self._materialization(self.keys.new_records, result, **stored)
+
+    def updates(self) -> Materialization:
+        cursor = self._cursor(self.spec.updated_at, self.updated)
+        result = self.table.updates(cursor, self.created.watermark)
+        self.updated = self.updated.advanced(result.updated_at, result)
+        (source_latest,) = latest_timestamps(
+            self.table.postgres, self.spec.source, [self.spec.updated_at]
+        )
+        behind = lag(source_latest, self.updated.watermark)
+        return self._materialization(
+            self.keys.updates,
+            result,
+            **{UPDATED_AT_WATERMARK: self.updated.watermark},
+            lag_s=round(behind.total_seconds(), 3),
+        )
+
+    def _cursor(self, column: str, stored: StoredCursor) -> Cursor:
+        return Cursor(column, stored.watermark, self.spec.lookback, stored.open_since)
+
+    def _materialization(
+        self, key: dg.AssetKey, result: StepResult, **stored: datetime | float | None
+    ) -> Materialization:
+        target = self.table.target
+        metadata = step_metadata(result, target.qualified_name, **stored)
+        row_count = count_live_rows(self.table.clickhouse, target)
+        return dg.MaterializeResult(
+            asset_key=key, metadata={**metadata, **table_metadata(self.table, row_count)}
+        )

@@ -1,0 +1,69 @@
+"""What the Postgres catalog says of a table: its columns and types, unique keys, size."""
+
+import adbc_driver_postgresql.dbapi as adbc
+
+from user_code.sync.errors import SyncError
+from user_code.sync.postgres import fetch_all
+from user_code.sync.postgres_names import quote_pg_table
+from user_code.sync.types import PgColumn, PgType
+
+_TYPES_SQL = """
+SELECT oid::bigint, typname::text, typtype::text, typbasetype::bigint, typtypmod,
+       typelem::bigint, typcategory::text, typnotnull
+FROM pg_catalog.pg_type
+"""
+
+_COLUMNS_SQL = """
+SELECT attname::text, atttypid::bigint, atttypmod, attnotnull, format_type(atttypid, atttypmod)
+FROM pg_catalog.pg_attribute
+WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped
+ORDER BY attnum
+"""
+
+_UNIQUE_KEYS_SQL = """
+SELECT array_agg(a.attname::text ORDER BY a.attname)
+FROM pg_catalog.pg_index i
+JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indpred IS NULL
+GROUP BY i.indexrelid
+"""
+
+_PAGES_SQL = "SELECT pg_relation_size(to_regclass($1)) / current_setting('block_size')::bigint"
+
+
+def read_columns(connection: adbc.Connection, source: str) -> list[PgColumn]:
+    """The source table's columns, domains resolved to their base type, from the catalog."""
+    (relation,) = fetch_all(
+        connection, "SELECT to_regclass($1)::oid::bigint", (quote_pg_table(source),)
+    )
+    if relation[0] is None:
+        raise SyncError(f"{source}: no such table in Postgres; check `source` in SYNC_CONFIG.")
+    types = {row[0]: row for row in fetch_all(connection, _TYPES_SQL)}
+
+    def resolve(oid: int, typmod: int) -> tuple[PgType, bool]:
+        _, name, kind, base, base_typmod, element, category, not_null = types[oid]
+        if kind == "d":  # a domain: its base type, its typmod, its NOT NULL
+            resolved, base_not_null = resolve(base, base_typmod if typmod == -1 else typmod)
+            return resolved, not_null or base_not_null
+        if category == "A" and element:
+            return PgType(name, typmod, resolve(element, typmod)[0]), False
+        return PgType("enum" if kind == "e" else name, typmod), False
+
+    columns = []
+    rows = fetch_all(connection, _COLUMNS_SQL, (relation[0],))
+    for name, type_oid, typmod, not_null, declared in rows:
+        pg_type, domain_not_null = resolve(type_oid, typmod)
+        nullable = not (not_null or domain_not_null)
+        columns.append(PgColumn(name, pg_type, nullable, declared))
+    return columns
+
+
+def has_unique_key(connection: adbc.Connection, source: str, columns: tuple[str, ...]) -> bool:
+    """True when a unique index (a primary key among them) covers exactly `columns`."""
+    unique_keys = fetch_all(connection, _UNIQUE_KEYS_SQL, (quote_pg_table(source),))
+    return sorted(columns) in [list(key) for (key,) in unique_keys]
+
+
+def relation_pages(connection: adbc.Connection, source: str) -> int:
+    pages: int = fetch_all(connection, _PAGES_SQL, (quote_pg_table(source),))[0][0]
+    return pages

@@ -1,0 +1,52 @@
+"""Hard deletes: keys ClickHouse still serves that Postgres no longer has become tombstones."""
+
+from dataclasses import dataclass
+
+import adbc_driver_postgresql.dbapi as adbc
+from clickhouse_connect.driver.client import Client
+
+from user_code.sync.keys import Key, PrimaryKey
+from user_code.sync.settings import Progress, no_progress
+from user_code.sync.target_table import DELETED_COLUMN, quote_ch_name
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    keys_checked: int
+    tombstones_written: int
+
+
+def reconcile_deletes(
+    connection: adbc.Connection,
+    client: Client,
+    primary_key: PrimaryKey,
+    progress: Progress = no_progress,
+) -> Reconciliation:
+    """Walk ClickHouse's live keys in chunks; write a tombstone for each one Postgres lacks."""
+    checked = deleted = 0
+    for keys in primary_key.live_key_chunks(client):
+        missing = primary_key.missing_in_postgres(connection, keys)
+        if missing:
+            write_tombstones(client, primary_key, missing)
+        checked += len(keys)
+        deleted += len(missing)
+        progress(
+            f"{primary_key.source.source}: {checked} keys checked, {deleted} deleted in Postgres"
+        )
+    return Reconciliation(checked, deleted)
+
+
+def write_tombstones(client: Client, primary_key: PrimaryKey, keys: list[Key]) -> None:
+    """Copy each row with `_is_deleted = 1`, one microsecond newer, so `FINAL` hides it.
+
+    A key inserted again in Postgres later comes back with its newer `updated_at`.
+    """
+    target = primary_key.target
+    version = quote_ch_name(target.version_column)
+    client.command(
+        f"INSERT INTO {target.qualified_name} SELECT * REPLACE "
+        f"(1 AS {quote_ch_name(DELETED_COLUMN)}, {version} + toIntervalMicrosecond(1) "
+        f"AS {version}) FROM {target.qualified_name} FINAL "
+        f"WHERE {primary_key.clickhouse_key} IN %(keys)s",
+        parameters={"keys": [primary_key.bind(key) for key in keys]},
+    )

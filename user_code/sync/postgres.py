@@ -1,0 +1,61 @@
+"""Connections to the source, and the plain queries every part of the sync asks."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import adbc_driver_postgresql.dbapi as adbc
+
+from user_code.sync.errors import ConnectionFailed, describe_url, redact, require_scheme
+from user_code.sync.postgres_names import quote_pg_name, quote_pg_table
+from user_code.sync.watermark import as_utc
+
+# The sync's sessions call themselves this, so their own reads never hold back the read start.
+APPLICATION_NAME = "pg2ch"
+
+
+@contextmanager
+def connect(url: str) -> Iterator[adbc.Connection]:
+    """An ADBC connection whose session reads timestamps in UTC and intervals as ISO 8601."""
+    require_scheme(url, "PG_URL", ("postgresql", "postgres"))
+    try:
+        connection = adbc.connect(url)
+    except Exception as error:
+        raise ConnectionFailed(
+            f"cannot connect to Postgres at {describe_url(url)}: {redact(str(error), url)}; "
+            "check PG_URL."
+        ) from None
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET TIME ZONE 'UTC'")
+            cursor.execute("SET IntervalStyle = 'iso_8601'")
+            cursor.execute(f"SET application_name = '{APPLICATION_NAME}'")
+        connection.commit()
+        yield connection
+    finally:
+        connection.close()
+
+
+def fetch_all(
+    connection: adbc.Connection, sql: str, parameters: tuple[Any, ...] = ()
+) -> list[tuple[Any, ...]]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, parameters or None)
+        rows: list[tuple[Any, ...]] = cursor.fetchall()
+        return rows
+
+
+def count_rows(connection: adbc.Connection, source: str, where: str = "TRUE") -> int:
+    sql = f"SELECT count(*) FROM {quote_pg_table(source)} WHERE {where}"
+    count: int = fetch_all(connection, sql)[0][0]
+    return count
+
+
+def latest_timestamps(
+    connection: adbc.Connection, source: str, columns: list[str]
+) -> list[datetime | None]:
+    """`max()` of each timestamp column: a cheap index lookup when the columns are indexed."""
+    select_list = ", ".join(f"max({quote_pg_name(c)})" for c in columns)
+    row = fetch_all(connection, f"SELECT {select_list} FROM {quote_pg_table(source)}")[0]
+    return [None if value is None else as_utc(value) for value in row]

@@ -1,0 +1,110 @@
+"""What is read from one source table: its columns, how each is mapped, and the SQL."""
+
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import adbc_driver_manager
+import adbc_driver_postgresql.dbapi as adbc
+
+from user_code.sync.catalog import read_columns
+from user_code.sync.errors import SyncError
+from user_code.sync.postgres import fetch_all
+from user_code.sync.postgres_names import quote_pg_name, quote_pg_table
+from user_code.sync.streaming import Batches, copy_batches, cursor_pages
+from user_code.sync.types import ColumnMapping, PgColumn, map_column
+from user_code.sync.value_guards import checked_batch, ndims_column
+from user_code.sync.watermark import as_utc
+
+# `reset_val`: the zone sessions start with (the sync's own sessions switch to UTC).
+_WALL_TIME_SQL = """
+SELECT $1::timestamptz AT TIME ZONE reset_val FROM pg_catalog.pg_settings WHERE name = 'TimeZone'
+"""
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    source: str
+    columns: tuple[PgColumn, ...]
+    mappings: tuple[ColumnMapping, ...]
+
+    @classmethod
+    def from_catalog(
+        cls, connection: adbc.Connection, source: str, null_arrays_as_empty: bool = False
+    ) -> "SourceTable":
+        columns = tuple(read_columns(connection, source))
+        mappings = tuple(map_column(source, c, null_arrays_as_empty) for c in columns)
+        return cls(source, columns, mappings)
+
+    def column(self, name: str) -> PgColumn:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise SyncError(f"{self.source}: no column {name!r} in Postgres; check SYNC_CONFIG.")
+
+    def select_sql(self, where: str = "") -> str:
+        select_list = ", ".join(
+            f"{m.read_sql(quote_pg_name(m.name))} AS {quote_pg_name(m.name)}" for m in self.mappings
+        )
+        for mapping in self.mappings:
+            if mapping.is_array:
+                name = quote_pg_name(mapping.name)
+                select_list += (
+                    f", array_ndims({name}) AS {quote_pg_name(ndims_column(mapping.name))}"
+                )
+        sql = f"SELECT {select_list} FROM {quote_pg_table(self.source)}"
+        return f"{sql} WHERE {where}" if where else sql
+
+    def cursor_sql(self, cursor_column: str, created_at_column: str | None = None) -> str:
+        """Rows with `cursor_column >= $1`; with `created_at_column`, only rows created up to $2.
+
+        The one cursor query: new records use it on `created_at`, updates on `updated_at`
+        bounded by the new-records watermark, so rows already read as new are not read twice.
+        """
+        where = f"{quote_pg_name(cursor_column)} >= $1"
+        if created_at_column:
+            created = quote_pg_name(created_at_column)
+            where += f" AND ({created} <= $2 OR {created} IS NULL)"
+        return self.select_sql(where)
+
+    def live_row_filter(self, soft_delete_column: str | None) -> str:
+        """Rows not soft-deleted: those ClickHouse keeps with `_is_deleted = 0`."""
+        if soft_delete_column is None:
+            return "TRUE"
+        column = quote_pg_name(soft_delete_column)
+        if self.column(soft_delete_column).type.name == "bool":
+            return f"{column} IS NOT TRUE"
+        return f"{column} IS NULL"
+
+    def bind(self, column_name: str, value: datetime) -> datetime:
+        """A parameter of the column's own type, so the comparison can use its index."""
+        utc = as_utc(value)
+        is_naive = self.column(column_name).type.name == "timestamp"
+        return utc.replace(tzinfo=None) if is_naive else utc
+
+    def in_column_terms(
+        self, connection: adbc.Connection, column_name: str, instant: datetime
+    ) -> datetime:
+        """`instant` as the column's values express it. A `timestamp` column (no time zone)
+        filled by the database clock holds wall time in the server's default time zone."""
+        if self.column(column_name).type.name != "timestamp":
+            return instant
+        ((wall_time,),) = fetch_all(connection, _WALL_TIME_SQL, (as_utc(instant),))
+        return as_utc(wall_time)
+
+    def read(
+        self, connection: adbc.Connection, sql: str, parameters: tuple[Any, ...] = ()
+    ) -> Batches:
+        """Stream the query's rows as Arrow batches of bounded size, checked and ready to load."""
+        if parameters:
+            batches = cursor_pages(connection, sql, parameters)
+        else:
+            batches = copy_batches(connection, sql)
+        try:
+            with closing(batches):  # a refused batch ends the read now, while connected
+                for batch in batches:
+                    if batch.num_rows:
+                        yield checked_batch(batch, self.source, self.mappings)
+        except (adbc_driver_manager.DataError, adbc_driver_manager.InternalError) as error:
+            raise SyncError(f"{self.source}: Postgres could not return a row: {error}") from None

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: dev test lint bench soak lock browser docker clean
+.PHONY: dev test unit lint bench soak lock browser docker clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,11 +20,16 @@ dev: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# The fast tier: pure functions, no database, no Dagster instance, a few seconds.
+unit: $(STAMP)
+	$(BIN)/python -m pytest --noconftest -q tests/unit
 
 # `dg check defs` loads the code location as Dagster does: a broken definition fails in seconds.
-test: lint browser docker
+test: lint unit browser docker
 	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/dg check defs
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --ignore=tests/unit
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

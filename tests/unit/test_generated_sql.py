@@ -1,0 +1,44 @@
+"""The SQL each engine is sent, read as text: the cursor query, the DDL, the live-row filter."""
+
+from user_code.sync.source_table import SourceTable
+from user_code.sync.target_table import TargetTable
+from user_code.sync.types import PgColumn, PgType, map_column
+
+COLUMNS = (
+    PgColumn("id", PgType("int8"), False, "bigint"),
+    PgColumn("tags", PgType("_text", -1, PgType("text")), False, "text[]"),
+    PgColumn("deleted", PgType("bool"), True, "boolean"),
+    PgColumn("created_at", PgType("timestamptz"), False, "timestamp with time zone"),
+    PgColumn("updated_at", PgType("timestamptz"), False, "timestamp with time zone"),
+)
+SOURCE = SourceTable("app.Orders", COLUMNS, tuple(map_column("app.Orders", c) for c in COLUMNS))
+
+
+def test_select_reads_every_column_and_each_array_s_dimensions():
+    assert SOURCE.select_sql() == (
+        'SELECT "id" AS "id", "tags" AS "tags", "deleted" AS "deleted", '
+        '"created_at" AS "created_at", "updated_at" AS "updated_at", '
+        'array_ndims("tags") AS "tags#ndims" FROM "app"."Orders"'
+    )
+
+
+def test_cursor_query_is_inclusive_and_bounds_updates_by_the_new_records_watermark():
+    assert SOURCE.cursor_sql("created_at").endswith(' WHERE "created_at" >= $1')
+    assert SOURCE.cursor_sql("updated_at", "created_at").endswith(
+        ' WHERE "updated_at" >= $1 AND ("created_at" <= $2 OR "created_at" IS NULL)'
+    )
+
+
+def test_live_rows_by_soft_delete_column_kind():
+    assert SOURCE.live_row_filter(None) == "TRUE"
+    assert SOURCE.live_row_filter("deleted") == '"deleted" IS NOT TRUE'
+    assert SOURCE.live_row_filter("updated_at") == '"updated_at" IS NULL'
+
+
+def test_table_is_replacing_merge_tree_versioned_by_updated_at_ordered_by_the_key():
+    target = TargetTable("analytics", "orders", SOURCE.mappings, ("id",), "updated_at")
+    ddl = target.create_sql()
+    assert ddl.startswith("CREATE TABLE IF NOT EXISTS `analytics`.`orders` (")
+    assert "`tags` Array(Nullable(String))" in ddl
+    assert "`_is_deleted` UInt8 DEFAULT 0" in ddl
+    assert ddl.endswith("ENGINE = ReplacingMergeTree(`updated_at`, `_is_deleted`)\nORDER BY (`id`)")

@@ -378,7 +378,8 @@ def test_content_comparison_notices_a_changed_row(customers, ch, clickhouse):
 
     comparison = compare(demo_config())
     assert not comparison.equal
-    assert comparison.differing_ranges == [((1,), (50,))]
+    differences = [(r.first, r.last, r.columns) for r in comparison.differing_ranges]
+    assert differences == [((1,), (50,), ("name",))]
 
 
 def test_composite_key_without_time_zone_through_updates_deletes_and_reinserts(customers):

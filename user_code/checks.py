@@ -107,9 +107,8 @@ def _content_checksum(spec: TableSpec) -> CheckFunction:
             metadata={
                 "postgres_rows": comparison.postgres_rows,
                 "clickhouse_rows": comparison.clickhouse_rows,
-                "differing_key_ranges": [
-                    f"{first} .. {last}" for first, last in comparison.differing_ranges[:20]
-                ],
+                "differing_columns": comparison.differing_columns,
+                "differing_key_ranges": [str(r) for r in comparison.differing_ranges[:20]],
             },
         )
 

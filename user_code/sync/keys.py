@@ -15,7 +15,6 @@ from clickhouse_connect.driver.client import Client
 from user_code.sync.postgres import fetch_all
 from user_code.sync.postgres_names import quote_pg_name, quote_pg_table
 from user_code.sync.source_table import SourceTable
-from user_code.sync.streaming import Batches
 from user_code.sync.target_table import LIVE_ROWS, TargetTable, quote_ch_name
 
 KEY_CHUNK_ROWS = 50_000
@@ -61,6 +60,12 @@ class PrimaryKey:
     def range_bounds(self, keys: list[Key]) -> dict[str, object]:
         return {"first": self.bind(keys[0]), "last": self.bind(keys[-1])}
 
+    def in_postgres(self, keys: list[Key], table: str) -> tuple[str, str]:
+        """A condition true for the rows of `table` (a name or alias) whose key is among
+        `keys`, and the JSON parameter ($1) it reads them from."""
+        condition = f"EXISTS (SELECT 1 FROM {self._keys_relation()} WHERE {self._matches(table)})"
+        return condition, self._keys_json(keys)
+
     def missing_in_postgres(self, connection: adbc.Connection, keys: list[Key]) -> list[Key]:
         sql = (
             f"SELECT k.i FROM {self._keys_relation()} WHERE NOT EXISTS "
@@ -68,12 +73,6 @@ class PrimaryKey:
         )
         rows = fetch_all(connection, sql, (self._keys_json(keys),))
         return [keys[i] for (i,) in sorted(rows)]
-
-    def source_rows(self, connection: adbc.Connection, keys: list[Key]) -> Batches:
-        """The Postgres rows of `keys`, read exactly as a sync reads them."""
-        table = quote_pg_table(self.source.source)
-        where = f"EXISTS (SELECT 1 FROM {self._keys_relation()} WHERE {self._matches(table)})"
-        return self.source.read(connection, self.source.select_sql(where), (self._keys_json(keys),))
 
     def _keys_relation(self) -> str:
         """`$1` (a JSON array of {"i": n, "k0": ..., ...}) as rows typed like the key columns."""

@@ -191,7 +191,7 @@ class TableSync:
         postgres_rows = count_rows(self.postgres, self.settings.source, live_rows)
         primary_key = PrimaryKey(self.source, self.target)
         return compare_content(
-            self.postgres, self.clickhouse, primary_key, self.settings.soft_delete, postgres_rows
+            self.postgres, self.clickhouse, primary_key, live_rows, postgres_rows
         )
 
 

@@ -157,7 +157,8 @@ def main() -> int:
             stop.set()
             thread.join(timeout=10)
         if deployment:
-            deployment.stop()
+            for process in deployment.stop():
+                print(f"stopped by force: {process}", file=sys.stderr)
         if postgres:
             postgres.cleanup()
 

@@ -193,27 +193,49 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def stop_services(services: list[Service], timeout: float = 30) -> None:
-    """SIGTERM each service and wait for it to shut down its children (code servers, runs);
-    anything of theirs still running afterwards gets SIGTERM, then SIGKILL."""
+def stop_services(services: list[Service], timeout: float = 30) -> list[str]:
+    """SIGTERM each service and wait for it to shut down its children (code servers, runs).
+
+    Whatever is still running afterwards, a service that did not stop in `timeout` or a child
+    it left behind, is stopped here (SIGTERM, then SIGKILL) and returned, described: an empty
+    list means every service stopped itself and everything it started.
+    """
     tree = [process for service in services for process in _tree(service.process.pid)]
     for service in services:
         if service.process.poll() is None:
             service.process.terminate()
     deadline = time.monotonic() + timeout
+    stopped_by_force = []
     for service in services:
         try:
             service.process.wait(max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
+            stopped_by_force.append(f"{service.name} (pid {service.process.pid})")
             service.process.kill()
             service.process.wait()
-    leftovers = [process for process in tree if process.is_running()]
+    leftovers = [process for process in tree if _alive(process)]
+    stopped_by_force += [_describe(process) for process in leftovers]
     for process in leftovers:
         process.terminate()
     _, alive = psutil.wait_procs(leftovers, timeout=10)
     for process in alive:
         process.kill()
     psutil.wait_procs(alive, timeout=10)
+    return stopped_by_force
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _describe(process: psutil.Process) -> str:
+    try:
+        return f"pid {process.pid}: {' '.join(process.cmdline())[:200]}"
+    except psutil.Error:
+        return f"pid {process.pid}"
 
 
 @dataclass
@@ -260,9 +282,12 @@ class Deployment:
             start_service("dagster-webserver", webserver, self.env, self.log_dir),
         ]
 
-    def stop(self, timeout: float = 30) -> None:
-        stop_services(self.services, timeout)
+    def stop(self, timeout: float = 30) -> list[str]:
+        """Stop every process; returns those that had to be stopped by force (see
+        `stop_services`)."""
+        stopped_by_force = stop_services(self.services, timeout)
         self.services = []
+        return stopped_by_force
 
     def stray_processes(self) -> list[psutil.Process]:
         """Processes still running with this DAGSTER_HOME: whatever outlived `stop()`."""

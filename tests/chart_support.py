@@ -15,24 +15,23 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
-import pytest
 import yaml
 from helm_python.chart import Chart
 from k8s_support import (
     IMAGE,
     NAMESPACE,
     REPO_ROOT,
+    Objects,
     helm_release,
     k8s_documents,
     kubernetes_version,
     values,
 )
+from prerequisites import required_or_skipped
 
 CHART_FULL_DIR = REPO_ROOT.parent / "shared" / "dagster-chart-full"
 CHART_VARIANTS_DIR = REPO_ROOT.parent / "shared" / "dagster-chart-variants"
@@ -53,7 +52,7 @@ REMOTE_DEFINITIONS = re.compile(
 def require_shared(path: Path) -> Path:
     """`path` under ../shared/, or a skip that says what is missing."""
     if not path.exists():
-        pytest.skip(
+        required_or_skipped(
             f"{path} is absent: the official Dagster chart (with its templates) sits beside "
             "the repository in the project's workspace, and these tests render it"
         )
@@ -117,35 +116,6 @@ def skaffold_values() -> dict[str, Any]:
         filled = re.sub(r"\{\{\s*\.(\w+)\s*\}\}", lambda m: template_values[m.group(1)], template)
         set_value(merged, path, filled)
     return merged
-
-
-@dataclass(frozen=True)
-class Objects:
-    """Kubernetes objects, looked up by kind and name."""
-
-    items: tuple[dict[str, Any], ...]
-
-    def of_kind(self, kind: str) -> dict[str, dict[str, Any]]:
-        return {o["metadata"]["name"]: o for o in self.items if o["kind"] == kind}
-
-    def get(self, kind: str, name: str) -> dict[str, Any]:
-        found = self.of_kind(kind)
-        assert name in found, f"no {kind} named {name!r}; there are {sorted(found)}"
-        return found[name]
-
-    def file(self, config_map: str, key: str) -> str:
-        return self.get("ConfigMap", config_map)["data"][key]
-
-    def workloads(self) -> Iterator[dict[str, Any]]:
-        return (item for item in self.items if item["kind"] in {"Deployment", "StatefulSet"})
-
-    def pod_templates(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(kind/name, pod template) of every workload."""
-        for item in self.workloads():
-            yield f"{item['kind']}/{item['metadata']['name']}", item["spec"]["template"]
-
-    def __add__(self, other: Objects) -> Objects:
-        return Objects(self.items + other.items)
 
 
 @functools.cache

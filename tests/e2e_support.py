@@ -2,28 +2,23 @@
 the webserver's GraphQL, and headless Chromium."""
 
 import shutil
-import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
 
 import dagster as dg
 
-from demo.stack import LOCATION_NAME, REPOSITORY_NAME, Deployment, graphql
+from demo.stack import LOCATION_NAME, REPOSITORY_NAME, graphql
 
 JOB = "postgres_to_clickhouse"
 SCHEDULE = f"{JOB}_schedule"
 SENSOR = f"{JOB}_sensor"
 STEPS = ("initial_load", "new_records", "updates")
 CHECKS = ("row_count_parity", "freshness")
-_STARTED_BY_TAG = {SENSOR: "dagster/sensor_name", SCHEDULE: "dagster/schedule_name"}
-
-T = TypeVar("T")
+STARTED_BY_TAG = {SENSOR: "dagster/sensor_name", SCHEDULE: "dagster/schedule_name"}
 
 _NOT_FINISHED = [
     dg.DagsterRunStatus.QUEUED,
@@ -32,24 +27,6 @@ _NOT_FINISHED = [
     dg.DagsterRunStatus.STARTED,
     dg.DagsterRunStatus.CANCELING,
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for(
-    condition: Callable[[], T | None], timeout: float, what: str, deployment: Deployment
-) -> T:
-    """Poll `condition` until it returns something truthy; on timeout, fail with the logs."""
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout:.0f}s\n{deployment.logs()}")
-        time.sleep(2)
-    return value
 
 
 @dataclass(frozen=True)
@@ -100,7 +77,7 @@ def finished_runs(
     once, with its error."""
     if messages := failures(instance, since):
         raise AssertionError("a sync run failed:\n" + "\n".join(messages))
-    tags = {_STARTED_BY_TAG[started_by]: started_by} if started_by else {}
+    tags = {STARTED_BY_TAG[started_by]: started_by} if started_by else {}
     runs = instance.get_runs(
         dg.RunsFilter(
             job_name=JOB,

@@ -11,11 +11,12 @@ import base64
 import functools
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
+from prerequisites import required_or_skipped
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 K8S_DIR = REPO_ROOT / "k8s"
@@ -66,9 +67,75 @@ def k8s_object(kind: str, name: str) -> dict[str, Any]:
 
 def secret_data(name: str) -> dict[str, str]:
     """A Secret's plain-text values, from stringData and (base64) data alike."""
-    secret = k8s_object("Secret", name)
-    decoded = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
-    return {**decoded, **(secret.get("stringData") or {})}
+    return manifests().values("Secret", name)
+
+
+@dataclass(frozen=True)
+class Objects:
+    """Kubernetes objects, looked up by kind and name."""
+
+    items: tuple[dict[str, Any], ...]
+
+    def of_kind(self, kind: str) -> dict[str, dict[str, Any]]:
+        return {o["metadata"]["name"]: o for o in self.items if o["kind"] == kind}
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        found = self.of_kind(kind)
+        assert name in found, f"no {kind} named {name!r}; there are {sorted(found)}"
+        return found[name]
+
+    def values(self, kind: str, name: str) -> dict[str, str]:
+        """A ConfigMap's or Secret's plain-text values (a Secret's `data` base64-decoded)."""
+        found = self.get(kind, name)
+        values = found.get("data") or {}
+        if kind == "Secret":
+            values = {key: base64.b64decode(value).decode() for key, value in values.items()}
+        return {**values, **(found.get("stringData") or {})}
+
+    def file(self, config_map: str, key: str) -> str:
+        return self.get("ConfigMap", config_map)["data"][key]
+
+    def workloads(self) -> Iterator[dict[str, Any]]:
+        return (item for item in self.items if item["kind"] in {"Deployment", "StatefulSet"})
+
+    def pod_templates(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(kind/name, pod template) of every workload."""
+        for item in self.workloads():
+            yield f"{item['kind']}/{item['metadata']['name']}", item["spec"]["template"]
+
+    def __add__(self, other: Objects) -> Objects:
+        return Objects(self.items + other.items)
+
+
+def manifests() -> Objects:
+    """The objects of k8s/."""
+    return Objects(tuple(doc for _, doc in _k8s_documents()))
+
+
+def resolved_env(container: dict[str, Any], objects: Objects) -> dict[str, str]:
+    """A container's environment as the kubelet gives it: envFrom, then env, with values from
+    the ConfigMaps and Secrets in `objects` (an optional source that is missing adds nothing)."""
+
+    def data(kind: str, name: str, optional: bool = False) -> dict[str, str]:
+        if optional and name not in objects.of_kind(kind):
+            return {}
+        return objects.values(kind, name)
+
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        for kind, field in [("ConfigMap", "configMapRef"), ("Secret", "secretRef")]:
+            if field in source:
+                ref = source[field]
+                env.update(data(kind, ref["name"], ref.get("optional", False)))
+    for entry in container.get("env", []):
+        value_from = entry.get("valueFrom", {})
+        for kind, field in [("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")]:
+            if field in value_from:
+                ref = value_from[field]
+                env[entry["name"]] = data(kind, ref["name"])[ref["key"]]
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+    return env
 
 
 def workloads() -> list[dict[str, Any]]:
@@ -128,7 +195,7 @@ def walk(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
 def require_chart() -> Path:
     """The chart copy in ../shared/dagster-chart, or a skip where it is absent."""
     if not (CHART_DIR / "values.schema.json").is_file():
-        pytest.skip(
+        required_or_skipped(
             f"the official Dagster chart's values and schema are not at {CHART_DIR} "
             "(they sit beside the repository in the project's workspace)"
         )

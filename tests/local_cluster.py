@@ -14,14 +14,18 @@ import copy
 import random
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import dagster as dg
+import pytest
 import yaml
 from chart_support import Objects
-from k8s_support import NAMESPACE, helm_release
+from k8s_support import NAMESPACE, helm_release, resolved_env
 
 RELEASE = helm_release()["name"]
 INSTANCE_CONFIG_MAP = f"{RELEASE}-instance"
@@ -88,6 +92,18 @@ def localized_value(key: str, value: str, addresses: dict[str, str], clickhouse_
     return value
 
 
+@contextmanager
+def pod_instance(dagster_home: str | Path, pod_env: dict[str, str]) -> Iterator[dg.DagsterInstance]:
+    """The Dagster instance at `dagster_home`, as a pod loads it: with the storage password
+    (DAGSTER_PG_PASSWORD) and the URLs a run's config names (PG_URL, CLICKHOUSE_URL) taken
+    from `pod_env`."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("DAGSTER_PG_PASSWORD", "PG_URL", "CLICKHOUSE_URL"):
+            patch.setenv(key, pod_env[key])
+        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+            yield instance
+
+
 @dataclass(frozen=True)
 class LocalPod:
     """A pod's container as a local process: its command, its environment, its files."""
@@ -96,30 +112,6 @@ class LocalPod:
     env: dict[str, str]
     root: Path  # stands for the container's filesystem: mount paths live below it
     readiness: list[str] | None  # the readiness probe's command, if it runs one
-
-
-def _container_env(container: dict[str, Any], objects: Objects) -> dict[str, str]:
-    def data(kind: str, name: str, optional: bool = False) -> dict[str, str]:
-        if optional and name not in objects.of_kind(kind):
-            return {}
-        found = objects.get(kind, name)
-        return {**(found.get("data") or {}), **(found.get("stringData") or {})}
-
-    env: dict[str, str] = {}
-    for source in container.get("envFrom", []):
-        for kind, field in [("ConfigMap", "configMapRef"), ("Secret", "secretRef")]:
-            if field in source:
-                ref = source[field]
-                env.update(data(kind, ref["name"], ref.get("optional", False)))
-    for entry in container.get("env", []):
-        value_from = entry.get("valueFrom", {})
-        for kind, field in [("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")]:
-            if field in value_from:
-                ref = value_from[field]
-                env[entry["name"]] = data(kind, ref["name"])[ref["key"]]
-        if "value" in entry:
-            env[entry["name"]] = entry["value"]
-    return env
 
 
 def _write_volume(volume: dict[str, Any], mount: dict[str, Any], objects: Objects, target: Path):
@@ -154,7 +146,7 @@ def local_pod(
         target = root / mount["mountPath"].lstrip("/")
         _write_volume(volumes[mount["name"]], mount, objects, target)
         pod_paths.append(mount["mountPath"].rstrip("/"))
-    env = _container_env(container, objects)
+    env = resolved_env(container, objects)
     if "DAGSTER_HOME" in env:
         (root / env["DAGSTER_HOME"].lstrip("/")).mkdir(parents=True, exist_ok=True)
         pod_paths.append(env["DAGSTER_HOME"].rstrip("/"))
@@ -225,7 +217,7 @@ def docker_run_options(
         options += ["--memory", str(memory_bytes(limits["memory"]))]
     if "cpu" in limits:
         options += ["--cpus", str(cpus(limits["cpu"]))]
-    env = _container_env(container, objects) | (env_overrides or {})
+    env = resolved_env(container, objects) | (env_overrides or {})
     env_file = files / "env"
     files.mkdir(parents=True, exist_ok=True)
     env_file.write_text("".join(f"{name}={value}\n" for name, value in env.items()))

@@ -28,7 +28,7 @@ from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
     QueuedRunCoordinatorDaemon,
 )
 from k8s_support import secret_data, values
-from local_cluster import INSTANCE_CONFIG_MAP, WORKSPACE_CONFIG_MAP, localize
+from local_cluster import INSTANCE_CONFIG_MAP, WORKSPACE_CONFIG_MAP, localize, pod_instance
 
 from user_code.definitions import defs
 
@@ -62,14 +62,13 @@ def instance(cluster_postgres, loopback, tmp_path_factory) -> Iterator[dg.Dagste
         local.file(INSTANCE_CONFIG_MAP, "dagster.yaml"),
     )
     password = secret_data(values()["global"]["postgresqlSecretName"])["postgresql-password"]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DAGSTER_PG_PASSWORD", password)
-        # A run's config names PG_URL and CLICKHOUSE_URL (the run pods' Secrets).
-        for secret in ("source-postgres", "clickhouse-sync"):
-            for key, value in local.get("Secret", secret)["stringData"].items():
-                patch.setenv(key, value)
-        with dg.DagsterInstance.from_config(str(home)) as loaded:
-            yield loaded
+    # A run's config names PG_URL and CLICKHOUSE_URL (the run pods' Secrets).
+    secrets = {
+        **local.values("Secret", "source-postgres"),
+        **local.values("Secret", "clickhouse-sync"),
+    }
+    with pod_instance(home, {"DAGSTER_PG_PASSWORD": password, **secrets}) as loaded:
+        yield loaded
 
 
 def storage_tables(cluster_postgres) -> set[str]:

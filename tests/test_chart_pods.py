@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +46,10 @@ from local_cluster import (
     docker_run_options,
     local_pod,
     localize,
+    pod_instance,
     security_context,
 )
+from waiting import wait_until
 
 from demo.stack import (
     REPOSITORY_NAME,
@@ -82,12 +83,13 @@ class LocalCluster:
 def wait_until_ready(pod: LocalPod, address: str, service: Service) -> None:
     """Poll the pod's readiness probe; it asks localhost, which is `address` here."""
     assert pod.readiness, "the code server has no readiness probe"
-    deadline = time.monotonic() + READY_TIMEOUT_S
     probe = [*pod.readiness, "-h", address]
-    while subprocess.run(probe, env=pod.env, capture_output=True, timeout=60).returncode:
+
+    def ready() -> bool:
         assert service.process.poll() is None, f"{service.name} exited\n{service.log_tail()}"
-        assert time.monotonic() < deadline, f"{service.name} not ready\n{service.log_tail()}"
-        time.sleep(1)
+        return subprocess.run(probe, env=pod.env, capture_output=True, timeout=60).returncode == 0
+
+    wait_until(ready, READY_TIMEOUT_S, f"{service.name} ready", service.log_tail)
 
 
 def start_pod(
@@ -125,9 +127,8 @@ def local_cluster(cluster_postgres, loopback, tmp_path_factory) -> Iterator[Loca
         webserver.wait_until_loaded()
         yield LocalCluster(local, pods, loopback, chdb_url, webserver.url)
     finally:
-        stop_services(services)
-    for service in services:
-        assert service.process.poll() is not None, f"{service.name} outlived the test"
+        stopped_by_force = stop_services(services)
+    assert stopped_by_force == [], "pods' processes had to be stopped by force"
 
 
 def test_webserver_lists_the_code_location_loaded(local_cluster):
@@ -171,15 +172,11 @@ NOWHERE_KUBECONFIG = {
 
 @pytest.fixture(scope="module")
 def daemon_instance(local_cluster) -> Iterator[dg.DagsterInstance]:
-    """The daemon pod's instance (its DAGSTER_HOME), which launches runs in the cluster."""
-    env = local_cluster.pods[DAEMON[0]].env
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DAGSTER_PG_PASSWORD", env["DAGSTER_PG_PASSWORD"])
-        # The run's config names PG_URL and CLICKHOUSE_URL; the webserver resolves it with them.
-        for key in ("PG_URL", "CLICKHOUSE_URL"):
-            patch.setenv(key, local_cluster.pods[CODE_SERVER[0]].env[key])
-        with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
-            yield instance
+    """The daemon pod's instance (its DAGSTER_HOME), which launches runs in the cluster. The
+    run's config names PG_URL and CLICKHOUSE_URL, which the code server's pod has."""
+    daemon, code_server = local_cluster.pods[DAEMON[0]], local_cluster.pods[CODE_SERVER[0]]
+    with pod_instance(daemon.env["DAGSTER_HOME"], {**code_server.env, **daemon.env}) as instance:
+        yield instance
 
 
 def sync_run(instance: dg.DagsterInstance, local_cluster: LocalCluster) -> dg.DagsterRun:
@@ -349,18 +346,23 @@ _DAEMON_HEALTH = """
 def test_daemon_runs_on_the_rendered_instance_and_its_sensor_queues_a_sync(
     local_cluster, daemon_instance
 ):
-    """Every daemon the instance asks for heartbeats, and the sensor, evaluated through the
-    code server, queues a run. Launching it needs the Kubernetes API, which is not here."""
-    deadline = time.monotonic() + SENSOR_TIMEOUT_S
-    while True:
-        statuses = graphql(local_cluster.webserver_url, _DAEMON_HEALTH)["instance"]["daemonHealth"][
-            "allDaemonStatuses"
-        ]
-        unhealthy = [s["daemonType"] for s in statuses if s["required"] and not s["healthy"]]
-        sensor_runs = daemon_instance.get_runs(
-            dg.RunsFilter(job_name=JOB, tags={"dagster/sensor_name": SENSOR})
-        )
-        if not unhealthy and sensor_runs:
-            break
-        assert time.monotonic() < deadline, f"unhealthy: {unhealthy}, sensor runs: {sensor_runs}"
-        time.sleep(2)
+    """Every daemon the instance asks for heartbeats (the scheduler, the sensor daemon, the
+    run queue and run monitoring among them), and the sensor, evaluated through the code
+    server, queues a run. Launching it needs the Kubernetes API, which is not here."""
+    expected = set(daemon_instance.get_required_daemon_types())
+    assert {"SCHEDULER", "SENSOR", "QUEUED_RUN_COORDINATOR", "MONITORING"} <= expected
+
+    def healthy_daemons() -> set[str]:
+        health = graphql(local_cluster.webserver_url, _DAEMON_HEALTH)["instance"]["daemonHealth"]
+        return {s["daemonType"] for s in health["allDaemonStatuses"] if s["healthy"]}
+
+    wait_until(
+        lambda: expected <= healthy_daemons(),
+        SENSOR_TIMEOUT_S,
+        "heartbeat of every required daemon",
+        lambda: f"healthy: {sorted(healthy_daemons())}, expected: {sorted(expected)}",
+    )
+    sensor_runs = dg.RunsFilter(job_name=JOB, tags={"dagster/sensor_name": SENSOR})
+    wait_until(
+        lambda: daemon_instance.get_runs(sensor_runs), SENSOR_TIMEOUT_S, "run queued by the sensor"
+    )

@@ -4,17 +4,21 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from sync_support import ORDER_LINES, demo_config, run_sync
+from sync_support import ORDER_LINES, demo_config, run_sync, step_metadata
+from waiting import wait_until
 
 from demo.seed import insert_customers
 from demo.stack import REPO_ROOT
+from user_code import assets, resources
 from user_code.automation import build_sensor
 from user_code.definitions import build_definitions
 from user_code.resources import PostgresResource
+from user_code.sync.errors import ConnectionFailed
 
 
 @pytest.fixture
@@ -159,21 +163,57 @@ def test_the_job_runs_from_the_command_line(command, pg_url, pg, tmp_path: Path)
 
 
 def test_a_second_writer_of_a_table_waits_for_the_first(sync_env, customers, tmp_path):
-    """With the pool limit the deployment sets (1), a run waits while another holds the table."""
+    """With the pool limit the deployment sets (1), a run waits while another holds the table:
+    its step is seen pending on the pool, and nothing is written until the slot is freed."""
     insert_customers(customers, 10)
     overrides = {"concurrency": {"pools": {"default_limit": 1}}}
+    pool = "clickhouse_customers"
     with dg.instance_for_test(overrides=overrides, temp_dir=str(tmp_path)) as instance:
         storage = instance.event_log_storage
-        storage.initialize_concurrency_limit_to_default("clickhouse_customers")
-        held = storage.claim_concurrency_slot("clickhouse_customers", "other-run", "sync_customers")
+        storage.initialize_concurrency_limit_to_default(pool)
+        held = storage.claim_concurrency_slot(pool, "other-run", "sync_customers")
         assert held.is_claimed
         results = []
         waiting = threading.Thread(target=lambda: results.append(run_sync(instance)))
         waiting.start()
-        waiting.join(timeout=5)
-        assert waiting.is_alive(), "the run went ahead while the table's pool slot was taken"
+
+        pending = wait_until(
+            lambda: storage.get_concurrency_info(pool).pending_run_ids,
+            60,
+            "step pending on the pool",
+        )
+        time.sleep(1)  # had the pool no hold on the step, the run would write now
+        assert waiting.is_alive() and not results
+        initial_load = dg.AssetKey(["customers", "initial_load"])
+        assert instance.get_latest_materialization_event(initial_load) is None
 
         storage.free_concurrency_slots_for_run("other-run")
         waiting.join(timeout=120)
 
     assert results and results[0].success
+    assert results[0].run_id in pending
+
+
+def test_a_lost_connection_is_retried_and_the_step_then_succeeds(sync_env, customers, monkeypatch):
+    """The first connection to Postgres fails as an unreachable server does (ConnectionFailed):
+    the retry policy runs the step again, which then syncs every row. (A configuration error
+    is not retried: test_sync.py.)"""
+    monkeypatch.setattr(assets, "SYNC_RETRY_POLICY", dg.RetryPolicy(max_retries=3, delay=0.1))
+    connect, attempts = resources.connect, []
+
+    def lost_once(url: str):
+        attempts.append(url)
+        if len(attempts) == 1:
+            raise ConnectionFailed("cannot connect to Postgres (injected by the test)")
+        return connect(url)
+
+    monkeypatch.setattr(resources, "connect", lost_once)
+    insert_customers(customers, 10)
+    result = run_sync(dg.DagsterInstance.ephemeral())
+
+    assert result.success
+    retried = [
+        e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY
+    ]
+    assert [e.step_key for e in retried] == ["sync_customers"]
+    assert step_metadata(result)["initial_load"]["rows_written"] == 10

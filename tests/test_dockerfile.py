@@ -10,30 +10,29 @@ up. test_image.py builds the image and runs the same pods as its containers.
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import socket
 import subprocess
 import sys
-import time
 import tomllib
-from pathlib import Path
 
 import dagster as dg
-import pytest
+from chart_support import cluster
 from dagster._core.remote_origin import GrpcServerCodeLocationOrigin
 from k8s_support import (
     DOCKERFILE,
     REPO_ROOT,
-    k8s_object,
+    helm_release,
     k8s_run_launcher_values,
     load_yaml,
     require_chart,
-    secret_data,
     user_deployment,
 )
+from local_cluster import local_pod
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from waiting import free_port, wait_until
+
+from demo.stack import start_service, stop_services
 
 STARTUP_TIMEOUT_S = 60
 
@@ -122,57 +121,26 @@ def test_dagster_home_is_where_the_chart_mounts_the_instance():
     assert f"DAGSTER_HOME={chart_global['dagsterHome']}" in last("ENV").split()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pod_environment(tmp_path: Path) -> dict[str, str]:
-    """The code server pod's environment: the demo Secrets, the env values, sync.yaml."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DAGSTER_")}
-    for ref in user_deployment()["envSecrets"]:
-        env.update(secret_data(ref["name"]))
-    env.update({item["name"]: item["value"] for item in user_deployment()["env"]})
-    sync_yaml = tmp_path / "sync.yaml"
-    sync_yaml.write_text(k8s_object("ConfigMap", "sync-config")["data"]["sync.yaml"])
-    env["SYNC_CONFIG"] = str(sync_yaml)
-    (tmp_path / "dagster_home").mkdir()
-    env["DAGSTER_HOME"] = str(tmp_path / "dagster_home")
-    return env
-
-
-def wait_until_healthy(server: subprocess.Popen, port: int, env: dict[str, str], log: Path) -> None:
-    """Poll the chart's readiness probe command until it passes."""
-    probe = [sys.executable, "-m", "dagster", "api", "grpc-health-check", "-p", str(port)]
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"the code server exited with {server.returncode}:\n{log.read_text()}")
-        if subprocess.run(probe, env=env, capture_output=True, timeout=30).returncode == 0:
-            return
-        time.sleep(0.5)
-    pytest.fail(f"the code server was not healthy within {STARTUP_TIMEOUT_S} s:\n{log.read_text()}")
-
-
 def test_cmd_starts_a_healthy_code_server_that_serves_the_assets(tmp_path):
+    """CMD with the code server pod's rendered environment and sync.yaml; the databases it
+    names do not resolve here."""
     port = free_port()
     command = cmd()
     command[command.index("-h") + 1] = "127.0.0.1"
     command[command.index("-p") + 1] = str(port)
     assert command[0] == "dagster"
-    env = pod_environment(tmp_path)
-    log = tmp_path / "code-server.log"
-    with log.open("w") as log_file:
-        server = subprocess.Popen(
-            [sys.executable, "-m", *command],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    deployment = f"{helm_release()['name']}-dagster-user-deployments-pg2ch"
+    pod_spec = cluster().get("Deployment", deployment)["spec"]["template"]["spec"]
+    env = local_pod(pod_spec, cluster(), tmp_path / "pod").env
+    server = start_service("code-server", [sys.executable, "-m", *command], env, tmp_path)
+    probe = [sys.executable, "-m", "dagster", "api", "grpc-health-check", "-p", str(port)]
+
+    def healthy() -> bool:
+        assert server.process.poll() is None, f"the code server exited\n{server.log_tail()}"
+        return subprocess.run(probe, env=env, capture_output=True, timeout=30).returncode == 0
+
     try:
-        wait_until_healthy(server, port, env, log)
+        wait_until(healthy, STARTUP_TIMEOUT_S, "healthy code server", server.log_tail, 0.5)
         origin = GrpcServerCodeLocationOrigin(
             host="127.0.0.1", port=port, location_name=user_deployment()["name"]
         )
@@ -189,9 +157,5 @@ def test_cmd_starts_a_healthy_code_server_that_serves_the_assets(tmp_path):
             f"`{shlex.join(command)}` serves no asset for public.customers: {asset_keys}"
         )
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stopped_by_force = stop_services([server])
+    assert stopped_by_force == []

@@ -19,19 +19,21 @@ import dagster as dg
 import pytest
 from conftest import unique_name
 from e2e_support import (
+    JOB,
     SCHEDULE,
     SENSOR,
+    STARTED_BY_TAG,
     STEPS,
     SyncRun,
     assert_lists_the_sync,
     automation_states,
     chromium,
+    failures,
     finished_runs,
-    free_port,
     is_idle,
     only,
-    wait_for,
 )
+from waiting import free_port, wait_until
 
 from demo.seed import create_customers, insert_customers
 from demo.stack import (
@@ -49,7 +51,10 @@ pytestmark = pytest.mark.e2e
 
 SEED_ROWS = 1_000
 TABLE = "customers"
-RUN_TIMEOUT = 90  # the sensor ticks every 30 s, the test's schedule every minute
+# How often each trigger is evaluated: the sensor every 30 s, the test's schedule every minute.
+# A trigger asks for a run within three of its intervals, however busy the machine.
+TRIGGER_INTERVAL_S = {SENSOR: 30, SCHEDULE: 60}
+RUN_TIMEOUT = 300  # for a requested run to finish, once it exists
 ASSET_GRAPH = f"/locations/{LOCATION_NAME}/asset-groups/public/lineage"
 
 
@@ -89,7 +94,7 @@ def deployment(postgres_server, source_url: str, tmp_path_factory) -> Iterator[D
         deployment.wait_until_loaded()
         yield deployment
     finally:
-        deployment.stop()
+        assert deployment.stop() == [], "processes had to be stopped by force"
         assert not deployment.stray_processes(), "processes outlived the deployment"
 
 
@@ -103,23 +108,37 @@ def instance(deployment: Deployment) -> Iterator[dg.DagsterInstance]:
 
 def wait_until_synced(deployment: Deployment, instance: dg.DagsterInstance) -> None:
     """At least one successful sync, and no run queued or in flight."""
-    wait_for(
+    wait_until(
         lambda: finished_runs(instance) and is_idle(instance),
-        timeout=RUN_TIMEOUT + 60,
+        timeout=TRIGGER_INTERVAL_S[SCHEDULE] * 3 + RUN_TIMEOUT,
         what="successful sync with the queue empty",
-        deployment=deployment,
+        context=deployment.logs,
     )
 
 
 def first_run(
     deployment: Deployment, instance: dg.DagsterInstance, since: datetime, started_by: str
 ) -> SyncRun:
-    return wait_for(
-        lambda: next(iter(finished_runs(instance, since, started_by)), None),
-        timeout=RUN_TIMEOUT,
-        what=f"successful run started by {started_by}",
-        deployment=deployment,
+    """The first run `started_by` asked for since `since`, once it has finished: two waits on
+    two events, the request (bounded by the trigger's interval) and the run's end."""
+    requested = dg.RunsFilter(
+        job_name=JOB, created_after=since, tags={STARTED_BY_TAG[started_by]: started_by}
     )
+    runs = wait_until(
+        lambda: instance.get_runs(requested),
+        timeout=TRIGGER_INTERVAL_S[started_by] * 3,
+        what=f"run requested by {started_by}",
+        context=deployment.logs,
+    )
+    run_id = runs[-1].run_id  # the oldest
+    run = wait_until(
+        lambda: (found := instance.get_run_by_id(run_id)) and found.is_finished and found,
+        timeout=RUN_TIMEOUT,
+        what=f"end of run {run_id}",
+        context=deployment.logs,
+    )
+    assert run.status == dg.DagsterRunStatus.SUCCESS, failures(instance, since)
+    return SyncRun.load(instance, run)
 
 
 def assert_synced(run: SyncRun, new_rows: int, source: adbc.Connection) -> None:
@@ -212,7 +231,7 @@ def test_watermark_survives_a_restart(deployment, instance, source):
     storage is found, so only the rows inserted since are written."""
     with only(deployment.url, SENSOR):
         wait_until_synced(deployment, instance)
-        deployment.stop()
+        assert deployment.stop() == [], "processes had to be stopped by force"
         assert not deployment.stray_processes(), "processes outlived the stop"
 
         restarted_at = datetime.now(UTC)
@@ -239,7 +258,8 @@ def test_dg_dev_serves_the_project(source_url, tmp_path: Path):
         deployment.wait_until_loaded()
         assert_lists_the_sync(deployment.url, LOCATION_NAME, schedule_cron="*/5 * * * *")
     finally:
-        deployment.stop()
+        stopped_by_force = deployment.stop()
+    assert stopped_by_force == [], "dg dev left processes to be stopped by force"
     assert not deployment.stray_processes(), "processes outlived dg dev"
     logs = (tmp_path / "dg-dev.log").read_text()
     assert "Serving dagster-webserver" in logs

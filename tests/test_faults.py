@@ -6,6 +6,7 @@ Every test ends with an exact comparison of both sides (every column of every li
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 
 import adbc_driver_postgresql.dbapi as adbc
 import dagster as dg
@@ -116,10 +117,11 @@ def test_partitioned_snapshot_is_one_instant_while_writes_commit(
     config = demo_config(snapshot_partitions=3, hard_deletes=True)
     insert_customers(customers, 3000, ending_at="2020-01-01")
     (before,) = postgres.fetch_all(customers, f"SELECT {_DIGEST} FROM customers")
-    share_snapshot = table_sync.share_snapshot
+    share_snapshot, shared = table_sync.share_snapshot, []
 
     def share_then_write(connections):
         share_snapshot(connections)
+        shared.append(len(connections))
         with postgres.connect(pg_url) as writer:
             execute("DELETE FROM customers WHERE id <= 100", writer)
             execute(
@@ -139,6 +141,9 @@ def test_partitioned_snapshot_is_one_instant_while_writes_commit(
         f"SELECT count(), sum(id), toString(sum(balance)), max(updated_at) "
         f"FROM `{clickhouse.database}`.`customers` FINAL"
     ).result_rows[0]
+    assert shared == [3], "the writes must commit after the partitions share one snapshot"
+    ((rows_now,),) = postgres.fetch_all(customers, "SELECT count(*) FROM customers")
+    assert rows_now == 3000 - 100 + 200  # they did commit before the partitions read
     assert (result.rows_read, result.updated_at) == (3000, before[3])
     assert loaded[:3] == before[:3]
     # The writes arrive with the incremental steps and the reconciliation, as after any load.
@@ -283,7 +288,15 @@ def test_rows_sharing_one_timestamp_across_batch_boundaries(customers, small_bat
     assert compare(demo_config()).equal
 
 
-def test_time_zones_and_microseconds_survive(customers, monkeypatch):
+NEW_ORDER_LINE = "INSERT INTO order_lines (order_id, line, sku) VALUES ($1, 1, gen_random_uuid())"
+
+
+def test_time_zones_and_microseconds_survive(customers, pg_url, ch, clickhouse, monkeypatch):
+    """The server's default zone is Los Angeles, the test process's Tokyo. `timestamptz` values
+    arrive as the same instant; `timestamp` values (no zone) arrive as written, the wall time,
+    stored as UTC. A `timestamp` column filled by the database clock holds Los Angeles wall
+    time, so the start of a transaction open across a sync is turned into that wall time
+    before the next read: its row, stamped then, is read although `lookback` is 0."""
     monkeypatch.setenv("TZ", "Asia/Tokyo")
     time.tzset()
     execute(
@@ -296,13 +309,44 @@ def test_time_zones_and_microseconds_survive(customers, monkeypatch):
         "('tz', 'a', 'a', '2024-03-10 01:59:59.999999-08', '2024-03-10 03:00:00.000001-07')",
         customers,
     )
+    execute(ORDER_LINES, customers)
+    execute(
+        "INSERT INTO order_lines (order_id, line, sku, created_at, updated_at) VALUES "
+        "(1, 1, gen_random_uuid(), '2024-03-10 01:59:59.999999', '2024-03-10 02:30:00.000001')",
+        customers,
+    )
+    lines = demo_config(source="public.order_lines", primary_key=["order_id", "line"], lookback=0)
+    instance = dg.DagsterInstance.ephemeral()
     try:
-        run_sync(dg.DagsterInstance.ephemeral())
+        run_sync(instance)
+        with application_session(pg_url) as long_transaction:  # in the server's default zone
+            with long_transaction.cursor() as cursor:
+                cursor.execute(NEW_ORDER_LINE, (2,))
+            time.sleep(0.05)
+            with application_session(pg_url) as another:
+                execute(NEW_ORDER_LINE, another, 3)
+            run_sync(instance, lines)  # its watermark passes the open transaction's stamp
+            long_transaction.commit()
+        run_sync(instance, lines)
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
 
-    assert compare(demo_config()).equal
+    synced = ch.query(
+        f"SELECT toString(created_at), toString(updated_at) FROM `{clickhouse.database}`.customers"
+    ).result_rows
+    assert synced == [("2024-03-10 09:59:59.999999", "2024-03-10 10:00:00.000001")]  # UTC
+    lines_synced = dict(
+        ch.query(
+            f"SELECT order_id, toString(created_at) FROM `{clickhouse.database}`.order_lines FINAL"
+        ).result_rows
+    )
+    assert lines_synced[1] == "2024-03-10 01:59:59.999999"  # the wall time, as written
+    wall_times = postgres.fetch_all(customers, "SELECT order_id, created_at FROM order_lines")
+    assert {key: datetime.fromisoformat(text) for key, text in lines_synced.items()} == {
+        key: value.replace(tzinfo=None) for key, value in wall_times
+    }
+    assert compare(demo_config()).equal and compare(lines).equal
 
 
 def test_nulls_unicode_long_text_precise_numbers_json_and_arrays(customers):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from docker_support import DockerEngine
 from e2e_support import CHECKS, JOB, SCHEDULE, SENSOR, STEPS
 from k8s_support import helm_release, secret_data
 from local_cluster import docker_run_options, localize, security_context
+from waiting import wait_until
 
 from demo.stack import REPOSITORY_NAME
 from user_code.automation import VERIFY_JOB
@@ -61,13 +61,17 @@ def code_server(docker: DockerEngine, image: str, pod_objects, loopback, tmp_pat
     try:
         # The chart's readiness probe, run in the container as kubelet runs it.
         probe = [*container["readinessProbe"]["exec"]["command"], "-h", address]
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while docker.run("exec", name, *probe, check=False).returncode:
+
+        def logs() -> str:
+            output = docker.run("logs", name, check=False)
+            return output.stdout + output.stderr
+
+        def ready() -> bool:
             state = docker.run("inspect", "--format", "{{.State.Status}}", name).stdout.strip()
-            logs = docker.run("logs", name, check=False)
-            assert state == "running", f"the code server {state}:\n{logs.stdout}{logs.stderr}"
-            assert time.monotonic() < deadline, f"not ready:\n{logs.stdout}{logs.stderr}"
-            time.sleep(1)
+            assert state == "running", f"the code server {state}:\n{logs()}"
+            return docker.run("exec", name, *probe, check=False).returncode == 0
+
+        wait_until(ready, READY_TIMEOUT_S, "ready code server container", logs)
         yield name, address, int(container["args"][container["args"].index("-p") + 1])
     finally:
         docker.run("rm", "--force", name, check=False)

@@ -8,6 +8,7 @@ import pytest
 from sync_support import demo_config, run_sync, step_metadata
 
 from demo.seed import insert_customers, update_customers
+from user_code.state import TableKeys, stored_watermarks
 
 pytestmark = pytest.mark.usefixtures("sync_env")
 
@@ -103,11 +104,11 @@ def test_late_commit_within_lookback_is_not_lost(customers, ch, clickhouse):
     insert_customers(customers, 100)
     run_sync(instance)
 
-    # Rows an application stamped with its own clock 30 s ago commit now: their timestamps are
-    # behind the stored watermark, but inside the one-minute lookback.
-    now = datetime.now(UTC)
-    insert_customers(customers, 1, ending_at=now - timedelta(seconds=30))
-    insert_customers(customers, 1, ending_at=now - timedelta(hours=1))
+    # Rows an application stamped with its own clock commit late: their timestamps are behind
+    # the stored watermark, one by 30 s (inside the one-minute lookback), one by an hour.
+    watermark, _ = stored_watermarks(instance, TableKeys.of(demo_config().tables[0]))
+    insert_customers(customers, 1, ending_at=watermark - timedelta(seconds=30))
+    insert_customers(customers, 1, ending_at=watermark - timedelta(hours=1))
     run_sync(instance)
 
     assert clickhouse_rows(ch, clickhouse) == 101  # the hour-late row is beyond any lookback

@@ -2,8 +2,9 @@
 
 import pytest
 
+from user_code.sync.canonical import RENDERINGS
 from user_code.sync.errors import SyncError
-from user_code.sync.types import PgColumn, PgType, map_column
+from user_code.sync.types import RULES, PgColumn, PgType, map_column
 
 
 def numeric_typmod(precision: int, scale: int) -> int:
@@ -49,3 +50,7 @@ def test_arrays_native_when_not_null_and_json_text_when_nullable():
 def test_a_type_without_a_rule_names_table_column_and_type():
     with pytest.raises(SyncError, match=r"public\.t\.c: Postgres type 'money' has no lossless"):
         map_column("public.t", column("money"))
+
+
+def test_every_mapped_type_has_a_canonical_rendering_for_the_content_comparison():
+    assert set(RULES) <= set(RENDERINGS)

@@ -6,6 +6,7 @@ webserver has loaded the code location, and stop every process that was started,
 servers and runs they spawned included.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -194,34 +195,40 @@ def _tree(pid: int) -> list[psutil.Process]:
 
 
 def stop_services(services: list[Service], timeout: float = 30) -> list[str]:
-    """SIGTERM each service and wait for it to shut down its children (code servers, runs).
+    """SIGTERM every process of each service's process group (the service and what it started:
+    code servers, runs), as Ctrl-C in a terminal reaches a whole foreground job, and wait up to
+    `timeout` for all of them to exit, those started meanwhile included.
 
-    Whatever is still running afterwards, a service that did not stop in `timeout` or a child
-    it left behind, is stopped here (SIGTERM, then SIGKILL) and returned, described: an empty
-    list means every service stopped itself and everything it started.
+    Whatever is still running then, a process that ignored SIGTERM or a child that left the
+    group, is killed and returned, described: an empty list means every process stopped by
+    itself.
     """
-    tree = [process for service in services for process in _tree(service.process.pid)]
-    for service in services:
-        if service.process.poll() is None:
-            service.process.terminate()
+    groups = {service.process.pid for service in services}  # each leads its own session
+    started = {process for service in services for process in _tree(service.process.pid)}
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    stopped_by_force = []
+    while (running := _running(started, groups)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stopped_by_force = [_describe(process) for process in running]
+    for process in running:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(running, timeout=10)
     for service in services:
-        try:
-            service.process.wait(max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            stopped_by_force.append(f"{service.name} (pid {service.process.pid})")
-            service.process.kill()
-            service.process.wait()
-    leftovers = [process for process in tree if _alive(process)]
-    stopped_by_force += [_describe(process) for process in leftovers]
-    for process in leftovers:
-        process.terminate()
-    _, alive = psutil.wait_procs(leftovers, timeout=10)
-    for process in alive:
-        process.kill()
-    psutil.wait_procs(alive, timeout=10)
+        service.process.wait()
     return stopped_by_force
+
+
+def _running(started: set[psutil.Process], groups: set[int]) -> list[psutil.Process]:
+    """Of `started`, and of every process in `groups`, those still running."""
+    members = set(started)
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(process.pid) in groups:
+                members.add(process)
+    return [process for process in members if _alive(process)]
 
 
 def _alive(process: psutil.Process) -> bool:

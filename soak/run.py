@@ -42,6 +42,7 @@ from demo.stack import (
 )
 from soak.traffic import ORDERS_DDL, Traffic
 from user_code.config import load_sync_config
+from user_code.plan import load_plan
 from user_code.resources import ClickHouseResource, PostgresResource, open_table
 from user_code.state import TableKeys
 from user_code.sync.postgres import connect
@@ -217,7 +218,7 @@ def verify(env: dict[str, str], instance: dg.DagsterInstance) -> dict:
     comparisons = {}
     postgres = PostgresResource(url=env["PG_URL"])
     clickhouse = ClickHouseResource(url=env["CLICKHOUSE_URL"])
-    for spec in load_sync_config(env["SYNC_CONFIG"]).tables:
+    for spec in load_plan(load_sync_config(env["SYNC_CONFIG"]), env["PG_URL"]).tables:
         with open_table(spec, postgres, clickhouse) as table:
             comparison = table.compare_content()
             duplicates = table.clickhouse.query(
@@ -261,7 +262,8 @@ def main() -> int:
             SYNC_CONFIG=str(sync_config),
             SYNC_SCHEDULE_CRON="* * * * *",
         )
-        keys = [TableKeys.of(spec) for spec in load_sync_config(str(sync_config)).tables]
+        plan = load_plan(load_sync_config(str(sync_config)), source_url)
+        keys = [TableKeys.of(spec) for spec in plan.tables]
         deployment = Deployment(env, port=PORT, log_dir=SOAK_DIR)
         deployment.start_separately()
         deployment.wait_until_loaded()

@@ -4,8 +4,9 @@ import os
 
 import dagster as dg
 
-from user_code.config import SyncConfig, parse_sync_config
+from user_code.config import parse_sync_config
 from user_code.definitions import build_definitions
+from user_code.plan import Plan, plan_tables
 from user_code.resources import ClickHouseResource
 from user_code.sync.compare import Comparison
 from user_code.sync.postgres import connect
@@ -21,7 +22,8 @@ CREATE TABLE public.order_lines (
 """
 
 
-def demo_config(**overrides) -> SyncConfig:
+def demo_config(**overrides) -> Plan:
+    """The plan of one explicit table (the demo `customers` unless overridden)."""
     table = {
         "source": "public.customers",
         "primary_key": ["id"],
@@ -29,12 +31,12 @@ def demo_config(**overrides) -> SyncConfig:
         "updated_at": "updated_at",
         **overrides,
     }
-    return parse_sync_config({"tables": [table]})
+    return plan_tables(parse_sync_config({"tables": [table]}))
 
 
 def run_sync(
     instance: dg.DagsterInstance,
-    config: SyncConfig | None = None,
+    config: Plan | None = None,
     raise_on_error: bool = True,
     job_name: str = "postgres_to_clickhouse",
     **run_config,
@@ -50,7 +52,7 @@ def run_sync(
     )
 
 
-def compare(config: SyncConfig) -> Comparison:
+def compare(config: Plan) -> Comparison:
     """Postgres against ClickHouse `FINAL`, every column of every row of the first table."""
     clickhouse = ClickHouseResource(url=os.environ["CLICKHOUSE_URL"])
     with connect(os.environ["PG_URL"]) as connection, clickhouse.get_client() as client:

@@ -13,6 +13,7 @@ from sync_support import demo_config, run_sync
 
 from demo.seed import insert_customers
 from user_code.config import load_sync_config, parse_sync_config
+from user_code.plan import plan_tables
 from user_code.resources import ClickHouseResource, PostgresResource
 from user_code.sync import SyncError
 from user_code.sync.errors import ConnectionFailed
@@ -47,7 +48,8 @@ TIMESTAMPS = {"created_at": "c", "updated_at": "u"}
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        (TIMESTAMPS, "primary_key: Field required"),
+        ({**TIMESTAMPS, "mode": "sideways"}, "mode: Input should be 'incremental', 'append'"),
+        ({**TIMESTAMPS, "exclude": ["no_schema"]}, "exclude: Value error, must be schema.table"),
         ({**TIMESTAMPS, "primary_key": []}, "primary_key: List should have at least 1 item"),
         ({**TIMESTAMPS, "primary_key": ["id"], "updated": "x"}, "updated: Extra inputs are not"),
         ({**TIMESTAMPS, "primary_key": ["id"], "lookback": "soon"}, "lookback: Input should be"),
@@ -77,8 +79,14 @@ def test_source_must_be_schema_qualified(source):
 
 def test_two_tables_into_one_target():
     table = {"primary_key": ["id"], "created_at": "c", "updated_at": "u"}
-    with pytest.raises(SyncError, match="two tables write to the same ClickHouse table"):
-        parse_sync_config({"tables": [{"source": "a.t", **table}, {"source": "b.t", **table}]})
+    config = parse_sync_config({"tables": [{"source": "a.t", **table}, {"source": "b.t", **table}]})
+    with pytest.raises(SyncError, match=r"same ClickHouse table 't': a\.t and b\.t; set `target`"):
+        plan_tables(config)
+
+
+def test_a_pattern_cannot_name_one_target():
+    with pytest.raises(SyncError, match=r"target: Value error, names one table: a pattern"):
+        parse_sync_config({"tables": [{"source": "public.*", "target": "t"}]})
 
 
 @pytest.fixture
@@ -143,13 +151,16 @@ def test_table_name_with_quotes_and_sql_is_quoted_not_run(sync_env, customers, c
         )
     customers.commit()
 
-    with pytest.raises(SyncError, match="is not a plain name"):
-        demo_config(source=f"public.{hostile}", primary_key=["id; --"])
-    config = demo_config(source=f"public.{hostile}", primary_key=["id; --"], target="weird")
+    # not a plain name: the ClickHouse table and the assets get a derived one
+    config = demo_config(source=f"public.{hostile}", primary_key=["id; --"])
+    assert config.tables[0].target == "weird_name__drop_table_customers____"
     result = run_sync(dg.DagsterInstance.ephemeral(), config)
 
     assert result.success
-    rows = ch.query(f"SELECT `id; --` FROM `{clickhouse.database}`.weird FINAL ORDER BY 1")
+    rows = ch.query(
+        f"SELECT `id; --` FROM `{clickhouse.database}`.weird_name__drop_table_customers____ "
+        "FINAL ORDER BY 1"
+    )
     assert rows.result_rows == [(1,), (2,)]
     with customers.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM customers")  # fails if the table was dropped

@@ -86,7 +86,7 @@ def test_instance_creates_its_schema_and_stores_runs(instance, cluster_postgres)
     assert {"runs", "event_logs", "jobs", "concurrency_limits"} <= storage_tables(cluster_postgres)
     url = sqlalchemy.make_url(instance.run_storage.postgres_url)
     assert url.drivername == "postgresql+psycopg2"
-    run = instance.create_run_for_job(job_def=defs.resolve_job_def(JOB))
+    run = instance.create_run_for_job(job_def=defs().resolve_job_def(JOB))
     stored = instance.get_run_by_id(run.run_id)
     assert stored is not None and stored.job_name == JOB
 
@@ -103,7 +103,7 @@ def queued_run(instance: dg.DagsterInstance) -> dg.DagsterRun:
         repository_origin=RemoteRepositoryOrigin(location, "__repository__"), job_name=JOB
     )
     return instance.create_run_for_job(
-        job_def=defs.resolve_job_def(JOB),
+        job_def=defs().resolve_job_def(JOB),
         status=dg.DagsterRunStatus.QUEUED,
         remote_job_origin=origin,
     )

@@ -59,7 +59,6 @@ from demo.stack import (
     start_service,
     stop_services,
 )
-from user_code.definitions import defs
 
 RELEASE = helm_release()["name"]
 CODE_SERVER = (f"{RELEASE}-dagster-user-deployments-pg2ch", "pg2ch")
@@ -180,19 +179,39 @@ def daemon_instance(local_cluster) -> Iterator[dg.DagsterInstance]:
 
 
 def sync_run(instance: dg.DagsterInstance, local_cluster: LocalCluster) -> dg.DagsterRun:
-    """A run of the sync job whose code origin comes from the running code server."""
+    """A run of the sync job made as the daemon makes one: from the running code server's job
+    and execution plan, which carry the definitions' reconstruction metadata (the plan)."""
     origin = GrpcServerCodeLocationOrigin(
         host=local_cluster.loopback[CODE_SERVER[1]],
         port=values()["dagster-user-deployments"]["deployments"][0]["port"],
         location_name=CODE_SERVER[1],
     )
     with origin.create_location(instance) as location:
-        remote_job = location.get_repository(REPOSITORY_NAME).get_full_job(JOB)
-    return instance.create_run_for_job(
-        job_def=defs.resolve_job_def(JOB),
-        remote_job_origin=remote_job.get_remote_origin(),
-        job_code_origin=remote_job.get_python_origin(),
-    )
+        repository = location.get_repository(REPOSITORY_NAME)
+        remote_job = repository.get_full_job(JOB)
+        plan = location.get_execution_plan(
+            remote_job, {}, step_keys_to_execute=None, known_state=None, instance=instance
+        )
+        return instance.create_run(
+            job_name=JOB,
+            run_id=None,
+            run_config={},
+            resolved_op_selection=None,
+            step_keys_to_execute=None,
+            status=dg.DagsterRunStatus.NOT_STARTED,
+            op_selection=None,
+            root_run_id=None,
+            parent_run_id=None,
+            tags={},
+            job_snapshot=remote_job.job_snapshot,
+            execution_plan_snapshot=plan.execution_plan_snapshot,
+            parent_job_snapshot=remote_job.parent_job_snapshot,
+            remote_job_origin=remote_job.get_remote_origin(),
+            job_code_origin=remote_job.get_python_origin(),
+            asset_selection=None,
+            asset_check_selection=None,
+            asset_graph=repository.asset_graph,
+        )
 
 
 def launch_sync_run(

@@ -11,8 +11,8 @@ from datetime import timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from sync_support import demo_config
 
-from user_code.config import parse_sync_config
 from user_code.sync import table_sync
 from user_code.sync.table_sync import TableSync
 
@@ -59,9 +59,7 @@ def _readings(pg, ch, clickhouse) -> TableSync:
         for statement in READINGS:
             cursor.execute(statement)
     pg.commit()
-    table = {"source": "public.readings", "primary_key": ["id"], "created_at": "created_at",
-             "updated_at": "updated_at"}  # fmt: skip
-    settings = parse_sync_config({"tables": [table]}).tables[0].settings
+    settings = demo_config(source="public.readings").tables[0].settings
     return TableSync(settings, pg, ch, clickhouse.database)
 
 

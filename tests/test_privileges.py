@@ -1,7 +1,8 @@
 """What the sync sends to ClickHouse stays within the least-privileged user k8s/ creates.
 
 Every statement of a sync (initial load, new records, updates, an added column, soft and hard
-deletes) and of `verify_clickhouse` (tombstones, content comparison) is recorded on its way to
+deletes, a table in append mode and one replaced whole on every run) and of
+`verify_clickhouse` (tombstones, content comparison) is recorded on its way to
 chDB and mapped to the privilege it needs; each must be granted to the `sync` user in
 k8s/clickhouse.yaml, on its own database only. (chDB checks no grants itself; a ClickHouse
 server does, which only a cluster shows.)
@@ -17,6 +18,8 @@ from k8s_support import k8s_object
 from sync_support import demo_config, run_sync
 
 from demo.seed import insert_customers
+from user_code.config import parse_sync_config
+from user_code.plan import Plan, plan_tables
 from user_code.resources import ClickHouseResource
 
 
@@ -56,7 +59,9 @@ def privileges(sql: str) -> set[str]:
         return {"INSERT", "SELECT"} if re.search(r"\bSELECT\b", sql, re.I) else {"INSERT"}
     if head in {"CREATE", "DROP"}:
         return {f"{head} {words[1].upper()}"}
-    return {head}  # ALTER, TRUNCATE, EXCHANGE, ...
+    if head in {"EXCHANGE", "RENAME"}:  # what ClickHouse checks on both tables
+        return {"SELECT", "DROP TABLE", "CREATE TABLE", "INSERT"}
+    return {head}  # ALTER, TRUNCATE, ...
 
 
 def granted() -> tuple[set[str], str]:
@@ -82,9 +87,21 @@ def test_sync_and_verify_send_only_what_the_sync_user_may_run(
     monkeypatch, sync_env, customers, ch, clickhouse
 ):
     ch.command(f"CREATE DATABASE `{clickhouse.database}`")  # the server creates it in k8s/
-    config = demo_config(soft_delete="deleted_at", hard_deletes=True)
+    customers_table = demo_config(soft_delete="deleted_at", hard_deletes=True).tables[0]
+    lookups = [
+        {"source": "public.events", "primary_key": ["id"], "mode": "append",
+         "created_at": "created_at", "hard_deletes": True},
+        {"source": "public.countries", "primary_key": ["code"], "mode": "replace"},
+    ]  # fmt: skip
+    config = Plan(
+        tables=[customers_table, *plan_tables(parse_sync_config({"tables": lookups})).tables]
+    )
     with customers.cursor() as cursor:
         cursor.execute("ALTER TABLE customers ADD COLUMN deleted_at timestamptz")
+        cursor.execute("CREATE TABLE events (id int PRIMARY KEY, created_at timestamptz NOT NULL)")
+        cursor.execute("CREATE TABLE countries (code char(2) PRIMARY KEY, name text)")
+        cursor.execute("INSERT INTO events SELECT g, now() FROM generate_series(1, 9) g")
+        cursor.execute("INSERT INTO countries VALUES ('DE', 'Germany'), ('FR', 'France')")
     customers.commit()
     instance = dg.DagsterInstance.ephemeral()
     statements: list[str] = []
@@ -97,12 +114,15 @@ def test_sync_and_verify_send_only_what_the_sync_user_may_run(
                 "UPDATE customers SET deleted_at = now(), updated_at = now() WHERE id = 6"
             )
             cursor.execute("DELETE FROM customers WHERE id = 7")
+            cursor.execute("DELETE FROM events WHERE id = 7")
+            cursor.execute("UPDATE countries SET name = 'Deutschland' WHERE code = 'DE'")
             cursor.execute("ALTER TABLE customers ADD COLUMN nickname text")
         customers.commit()
         insert_customers(customers, 5)
         run_sync(instance, config)
         verify = run_sync(instance, config, job_name="verify_clickhouse")
-    assert all(check.passed for check in verify.get_asset_check_evaluations())
+    failed = [c for c in verify.get_asset_check_evaluations() if not c.passed]
+    assert not failed, [(c.asset_key, c.check_name, c.metadata) for c in failed]
 
     allowed, database = granted()
     needed = {privilege for sql in statements for privilege in privileges(sql)}

@@ -6,8 +6,8 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from sync_support import demo_config
 
-from user_code.config import parse_sync_config
 from user_code.sync import SyncError
 from user_code.sync.table_sync import StepResult, TableSync
 from user_code.sync.watermark import Cursor
@@ -94,15 +94,8 @@ def _create_source(pg, column_type: str, literals: list[str]) -> None:
 
 
 def _table_sync(pg, ch, clickhouse, **options) -> TableSync:
-    table = {
-        "source": "public.t",
-        "primary_key": ["id"],
-        "created_at": "created_at",
-        "updated_at": "updated_at",
-        **options,
-    }
-    config = parse_sync_config({"tables": [table]})
-    return TableSync(config.tables[0].settings, pg, ch, clickhouse.database)
+    settings = demo_config(source="public.t", primary_key=["id"], **options).tables[0].settings
+    return TableSync(settings, pg, ch, clickhouse.database)
 
 
 def _same(expected, actual) -> bool:

@@ -41,12 +41,15 @@ def _sync_table(
     with open_table(spec, postgres, clickhouse, context.log.info) as table:
         steps = TableSteps(context.instance, spec, keys, table)
         was_loaded = steps.prepare()
+        if spec.mode == "replace":
+            yield steps.snapshot()
+            return
         if keys.initial_load in selected and (config.full_refresh or not was_loaded):
             context.log.info(f"{spec.source}: initial load into {table.target.qualified_name}")
             yield steps.initial_load()
         if keys.new_records in selected:
             yield steps.new_records()
-        if keys.updates in selected:
+        if spec.mode == "incremental" and keys.updates in selected:
             yield steps.updates()
 
 
@@ -61,6 +64,7 @@ class _AssetAttributes(TypedDict):
     group_name: str
     owners: list[str]
     kinds: set[str]
+    tags: dict[str, str]
     metadata: dict[str, str]
 
 
@@ -68,35 +72,36 @@ def _asset_attributes(spec: TableSpec) -> _AssetAttributes:
     return {
         "group_name": re.sub(r"\W", "_", spec.schema_name),  # Dagster allows only \w here
         "owners": spec.owners,
-        "kinds": {"postgres", "clickhouse"},
-        "metadata": {"source": spec.source, "clickhouse_table": spec.target_table},
+        "kinds": {"postgres", "clickhouse", spec.mode},  # the mode shows on the asset graph
+        "tags": {"pg2ch/mode": spec.mode},
+        "metadata": {"source": spec.source, "clickhouse_table": spec.target, "mode": spec.mode},
     }
 
 
+_STEP_DESCRIPTIONS = {
+    "initial_load": "Full snapshot of {source}, taken once (or on full_refresh).",
+    "new_records": "Rows of {source} whose `{created_at}` is past the watermark.",
+    "updates": "Rows of {source} whose `{updated_at}` is past the watermark.",
+    "snapshot": "All of {source}, loaded into a new table and swapped in, on every run.",
+}
+
+
 def _step_specs(spec: TableSpec, keys: TableKeys) -> list[dg.AssetSpec]:
-    common = _asset_attributes(spec)
-    return [
-        dg.AssetSpec(
-            keys.initial_load,
-            description=f"Full snapshot of {spec.source}, taken once (or on full_refresh).",
-            skippable=True,
-            **common,
-        ),
-        dg.AssetSpec(
-            keys.new_records,
-            deps=[keys.initial_load],
-            description=f"Rows of {spec.source} whose `{spec.created_at}` is past the watermark.",
-            skippable=True,
-            **common,
-        ),
-        dg.AssetSpec(
-            keys.updates,
-            deps=[keys.new_records],
-            description=f"Rows of {spec.source} whose `{spec.updated_at}` is past the watermark.",
-            skippable=True,
-            **common,
-        ),
-    ]
+    """One asset per step, each depending on the step before."""
+    specs = []
+    for index, step in enumerate(keys.steps):
+        description = _STEP_DESCRIPTIONS[step].format(**spec.model_dump())
+        deps = [keys.step(keys.steps[index - 1])] if index else []
+        specs.append(
+            dg.AssetSpec(
+                keys.step(step),
+                deps=deps,
+                description=description,
+                skippable=True,
+                **_asset_attributes(spec),
+            )
+        )
+    return specs
 
 
 def build_table_assets(spec: TableSpec) -> list[dg.AssetsDefinition]:
@@ -128,7 +133,7 @@ def build_table_assets(spec: TableSpec) -> list[dg.AssetsDefinition]:
 def _reconcile_deletes_asset(spec: TableSpec, keys: TableKeys) -> dg.AssetsDefinition:
     @dg.asset(
         key=keys.reconcile_deletes,
-        deps=[keys.updates],
+        deps=[keys.last_step],
         description=(
             f"Tombstones (`_is_deleted = 1`) for keys deleted from {spec.source}, found by "
             "walking ClickHouse's keys in ranges and looking them up in Postgres."

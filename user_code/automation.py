@@ -7,16 +7,17 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from user_code.config import SyncConfig
+from user_code.plan import Plan
 from user_code.resources import PostgresResource
 from user_code.state import (
     CONTENT_CHECKSUM,
     FRESHNESS,
     ROW_COUNT_PARITY,
     TableKeys,
-    stored_watermarks,
+    cursors_of,
+    latest_materializations,
 )
-from user_code.sync.postgres import latest_timestamps
+from user_code.sync.postgres import latest_timestamps_of
 from user_code.sync.watermark import to_text
 
 if TYPE_CHECKING:  # what define_asset_job returns; not exported by dagster
@@ -28,11 +29,11 @@ SYNC_JOB = "postgres_to_clickhouse"
 VERIFY_JOB = "verify_clickhouse"
 
 
-def _every_table(config: SyncConfig) -> list[TableKeys]:
+def _every_table(config: Plan) -> list[TableKeys]:
     return [TableKeys.of(spec) for spec in config.tables]
 
 
-def build_jobs(config: SyncConfig) -> list[UnresolvedAssetJobDefinition]:
+def build_jobs(config: Plan) -> list[UnresolvedAssetJobDefinition]:
     tables = _every_table(config)
     sync_steps = dg.AssetSelection.assets(*(k for t in tables for k in t.sync_steps()))
     content_checks = dg.AssetSelection.checks(*(t.check(CONTENT_CHECKSUM) for t in tables))
@@ -79,31 +80,33 @@ def build_schedules() -> list[dg.ScheduleDefinition]:
     ]
 
 
-def build_sensor(config: SyncConfig) -> dg.SensorDefinition:
+def build_sensor(config: Plan) -> dg.SensorDefinition:
     @dg.sensor(
         name=f"{SYNC_JOB}_sensor",
         job_name=SYNC_JOB,
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
-            "Starts a sync of the tables whose source has rows newer than the stored watermark. "
-            "Reads only Postgres (max of two indexed columns) and the Dagster instance."
+            "Starts a sync of the tables whose source has rows newer than the stored watermark "
+            "(tables replaced whole are synced by the schedule). Reads only Postgres (the max "
+            "of each cursor column, all tables in one query) and the Dagster instance."
         ),
     )
     def postgres_changes_sensor(
         context: dg.SensorEvaluationContext, postgres: PostgresResource
     ) -> dg.RunRequest | dg.SkipReason:
-        stale: list[tuple[str, TableKeys]] = []
+        specs = [spec for spec in config.tables if spec.cursors]  # replace: the schedule's
+        tables = [TableKeys.of(spec) for spec in specs]
         with postgres.connect() as connection:
-            for spec, keys in zip(config.tables, _every_table(config), strict=True):
-                source = latest_timestamps(
-                    connection, spec.source, [spec.created_at, spec.updated_at]
-                )
-                stored = stored_watermarks(context.instance, keys)
-                pairs = zip(source, stored, strict=True)
-                if any(s is not None and (w is None or s > w) for s, w in pairs):
-                    newest = to_text(max(filter(None, source)))
-                    stale.append((f"{spec.target_table}@{newest}", keys))
+            newest = latest_timestamps_of(connection, [(s.source, s.cursors) for s in specs])
+        events = latest_materializations(context.instance, tables)
+        stale: list[tuple[str, TableKeys]] = []
+        for spec, keys, source in zip(specs, tables, newest, strict=True):
+            created, updated = cursors_of(events, keys)
+            stored = [created.watermark, updated.watermark][: len(source)]
+            pairs = zip(source, stored, strict=True)
+            if any(s is not None and (w is None or s > w) for s, w in pairs):
+                stale.append((f"{spec.target}@{to_text(max(filter(None, source)))}", keys))
         if not stale:
             return dg.SkipReason("every table is up to date with its source")
         return dg.RunRequest(

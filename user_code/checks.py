@@ -1,7 +1,9 @@
 """Asset checks per table, all on its `updates` asset: row-count parity, freshness, and the
 exact content comparison."""
 
+import time
 from collections.abc import Callable
+from datetime import timedelta
 
 import dagster as dg
 
@@ -33,8 +35,9 @@ def build_table_checks(spec: TableSpec) -> list[dg.AssetChecksDefinition]:
         ),
         FRESHNESS: (
             _freshness(spec, keys),
-            f"Lag between the newest `{spec.updated_at}` in {spec.source} and the stored "
-            f"watermark stays under {spec.freshness_limit}.",
+            f"Lag between the newest `{spec.updated_at or spec.created_at}` in {spec.source} "
+            f"and the stored watermark (in replace mode: the age of the last snapshot) stays "
+            f"under {spec.freshness_limit}.",
         ),
         CONTENT_CHECKSUM: (
             _content_checksum(spec),
@@ -43,8 +46,15 @@ def build_table_checks(spec: TableSpec) -> list[dg.AssetChecksDefinition]:
             "both tables in full, so it runs in the `verify_clickhouse` job, not every sync.",
         ),
     }
+    # The comparison waits for the tombstones of the same verify run, if the table has them.
+    after = {CONTENT_CHECKSUM: [keys.reconcile_deletes] if spec.hard_deletes else []}
     return [
-        dg.asset_check(asset=keys.updates, name=name, description=description)(check)
+        dg.asset_check(
+            asset=keys.last_step,
+            name=name,
+            description=description,
+            additional_deps=after.get(name),
+        )(check)
         for name, (check, description) in checks.items()
     ]
 
@@ -75,9 +85,14 @@ def _freshness(spec: TableSpec, keys: TableKeys) -> CheckFunction:
     def freshness(
         context: dg.AssetCheckExecutionContext, postgres: PostgresResource
     ) -> dg.AssetCheckResult:
+        if spec.mode == "replace":
+            return _snapshot_age(context.instance, keys.snapshot, spec.freshness_limit)
+        column = spec.updated_at or spec.created_at
+        assert column, "incremental and append tables have a cursor"
         with postgres.connect() as connection:
-            (source_latest,) = latest_timestamps(connection, spec.source, [spec.updated_at])
-        _, watermark = stored_watermarks(context.instance, keys)
+            (source_latest,) = latest_timestamps(connection, spec.source, [column])
+        created, updated = stored_watermarks(context.instance, keys)
+        watermark = updated if spec.updated_at else created
         if source_latest is None:  # an empty source table is always fresh
             return dg.AssetCheckResult(passed=True, metadata={"lag_s": 0.0})
         if watermark is None:
@@ -93,6 +108,19 @@ def _freshness(spec: TableSpec, keys: TableKeys) -> CheckFunction:
         )
 
     return freshness
+
+
+def _snapshot_age(
+    instance: dg.DagsterInstance, snapshot: dg.AssetKey, limit: timedelta
+) -> dg.AssetCheckResult:
+    """A table replaced whole is as fresh as its last snapshot."""
+    event = instance.get_latest_materialization_event(snapshot)
+    if event is None:
+        return dg.AssetCheckResult(passed=False, description="never synced")
+    age = max(time.time() - event.timestamp, 0.0)
+    return dg.AssetCheckResult(
+        passed=age <= limit.total_seconds(), metadata={"lag_s": round(age, 3)}
+    )
 
 
 def _content_checksum(spec: TableSpec) -> CheckFunction:

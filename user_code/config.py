@@ -1,5 +1,12 @@
-"""SYNC_CONFIG: which tables to sync and how, validated on load."""
+"""SYNC_CONFIG: which tables to sync and how, validated on load.
 
+The file lists `tables`, each entry naming one table (`public.customers`) or a pattern over
+`schema.table` (`public.*`, `sales.order_*`) with `exclude` patterns; a `defaults` block sets
+what every table inherits. plan.py turns it, with the catalog where patterns need one, into
+the TableSpec of each table.
+"""
+
+import fnmatch
 import os
 import re
 from datetime import timedelta
@@ -7,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 from user_code.sync.errors import SyncError
@@ -19,10 +34,12 @@ from user_code.sync.settings import TableSettings
 # their transaction stays open. `lookback` is left to cover rows stamped by another clock (an
 # application's): its skew and the time between stamping and commit.
 DEFAULT_LOOKBACK = timedelta(minutes=1)
-DEFAULT_SNAPSHOT_PARTITIONS = 1
 MAX_SNAPSHOT_PARTITIONS = 16
 # ClickHouse table names double as Dagster asset keys, which allow only these characters.
-_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_GLOB = re.compile(r"[*?\[]")
+
+Mode = Literal["incremental", "append", "replace"]
 
 DEMO_CONFIG = {
     "tables": [
@@ -36,43 +53,64 @@ DEMO_CONFIG = {
 }
 
 
-class TableSpec(BaseModel):
-    """One source table and how it maps to its ClickHouse table."""
+class TableOptions(BaseModel):
+    """What `defaults` and each entry of `tables` may set; unset fields inherit."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    source: str = Field(description="schema.table in Postgres")
-    primary_key: list[str] = Field(min_length=1, description="columns ClickHouse orders by")
-    created_at: str = Field(description="timestamp column that finds new rows")
-    updated_at: str = Field(description="timestamp column that finds changed rows")
-    target: str | None = Field(None, description="ClickHouse table name; default: source table")
+    mode: Literal["incremental", "append", "replace", "auto"] | None = Field(
+        None,
+        description="incremental (created_at + updated_at), append (created_at only), replace "
+        "(no cursor: the whole table each run), or auto (chosen from the columns a table has)",
+    )
+    created_at: str | None = Field(None, description="timestamp column that finds new rows")
+    updated_at: str | None = Field(None, description="timestamp column that finds changed rows")
     soft_delete: str | None = Field(
         None, description="column marking deleted rows: a boolean, or a timestamp set on delete"
     )
-    owners: list[str] = Field([], description="asset owners shown in the UI: emails or `team:name`")
-    hard_deletes: bool = Field(
-        False,
-        description="reconcile keys deleted in Postgres into tombstones (a key-range scan)",
+    owners: list[str] | None = Field(None, description="asset owners: emails or `team:name`")
+    hard_deletes: bool | None = Field(
+        None, description="reconcile keys deleted in Postgres into tombstones (a key-range scan)"
     )
-    nullable_arrays: Literal["json", "array"] = Field(
-        "json",
+    nullable_arrays: Literal["json", "array"] | None = Field(
+        None,
         description="nullable array columns: `json` keeps NULL, [] and [null] apart as JSON "
         "text; `array` stores a native Array, NULL read as []",
     )
-    lookback: timedelta = Field(
-        DEFAULT_LOOKBACK,
-        description="overlap of each read, for rows stamped by an application's clock that "
-        "commit late",
+    lookback: timedelta | None = Field(
+        None, description="overlap of each read, for rows stamped by an application's clock"
     )
-    snapshot_partitions: int = Field(
-        DEFAULT_SNAPSHOT_PARTITIONS,
+    snapshot_partitions: int | None = Field(
+        None,
         ge=1,
         le=MAX_SNAPSHOT_PARTITIONS,
         description="connections reading the initial snapshot side by side, in page ranges",
     )
-    freshness_limit: timedelta = Field(
-        timedelta(minutes=30), description="largest lag before the freshness check fails"
+    freshness_limit: timedelta | None = Field(
+        None, description="largest lag before the freshness check fails"
     )
+
+    @field_validator("lookback", "freshness_limit")
+    @classmethod
+    def _not_negative(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value < timedelta(0):
+            raise ValueError("must not be negative")
+        return value
+
+    def given(self) -> dict[str, Any]:
+        """The fields this block sets."""
+        return self.model_dump(exclude_unset=True, exclude_none=True)
+
+
+class TableEntry(TableOptions):
+    """One entry of `tables`: a table, or a pattern over `schema.table`."""
+
+    source: str = Field(description="schema.table in Postgres, or a pattern such as public.*")
+    exclude: list[str] = Field([], description="patterns of tables this entry leaves out")
+    primary_key: list[str] | None = Field(
+        None, min_length=1, description="default: the table's primary-key constraint"
+    )
+    target: str | None = Field(None, description="ClickHouse table name; default: derived")
 
     @field_validator("source")
     @classmethod
@@ -80,28 +118,86 @@ class TableSpec(BaseModel):
         split_table_name(source)
         return source
 
+    @field_validator("exclude")
+    @classmethod
+    def _qualified_patterns(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            split_table_name(pattern)
+        return patterns
+
     @field_validator("target")
     @classmethod
-    def _plain_name(cls, target: str | None) -> str | None:
-        if target is not None and not _PLAIN_NAME.fullmatch(target):
+    def _plain_name(cls, target: str | None, info: ValidationInfo) -> str | None:
+        if target is None:
+            return target
+        if not PLAIN_NAME.fullmatch(target):
             raise ValueError("must be letters, digits and underscores, not starting with a digit")
+        if _GLOB.search(info.data.get("source", "")):
+            raise ValueError("names one table: a pattern cannot have one")
         return target
 
-    @model_validator(mode="after")
-    def _target_is_a_plain_name(self) -> "TableSpec":
-        if self.target is None and not _PLAIN_NAME.fullmatch(self.table_name):
-            raise ValueError(
-                f"the table name {self.table_name!r} is not a plain name (letters, digits, "
-                "underscores): set `target` to name the ClickHouse table and its assets"
-            )
-        return self
+    @property
+    def is_pattern(self) -> bool:
+        return bool(_GLOB.search(self.source))
 
-    @field_validator("lookback", "freshness_limit")
-    @classmethod
-    def _not_negative(cls, value: timedelta) -> timedelta:
-        if value < timedelta(0):
-            raise ValueError("must not be negative")
-        return value
+    def matches(self, schema: str, table: str) -> bool:
+        if not _matches(self.source, schema, table):
+            return False
+        return not any(_matches(pattern, schema, table) for pattern in self.exclude)
+
+
+def _matches(pattern: str, schema: str, table: str) -> bool:
+    schema_pattern, table_pattern = split_table_name(pattern)
+    return fnmatch.fnmatchcase(schema, schema_pattern) and fnmatch.fnmatchcase(table, table_pattern)
+
+
+class SyncConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    defaults: TableOptions = Field(default_factory=TableOptions)
+    tables: list[TableEntry] = Field(min_length=1)
+
+    @property
+    def needs_catalog(self) -> bool:
+        """Whether some table's settings come from the database: a pattern, a primary key or a
+        mode to find, or `defaults` that name columns (which apply where a table has them)."""
+        column_defaults = {"created_at", "updated_at", "soft_delete"} & set(self.defaults.given())
+        return (
+            bool(column_defaults)
+            or any(
+                entry.is_pattern or entry.primary_key is None or entry.mode == "auto"
+                for entry in self.tables
+            )
+            or self.defaults.mode == "auto"
+        )
+
+
+class TableSpec(BaseModel):
+    """One source table, resolved: how it is read and the ClickHouse table it goes to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str  # schema.table in Postgres, as written or quoted the SQL way
+    primary_key: list[str] = Field(min_length=1)
+    target: str  # the ClickHouse table and the first part of each asset key
+    mode: Mode = "incremental"
+    created_at: str | None = None
+    updated_at: str | None = None
+    soft_delete: str | None = None
+    owners: list[str] = []
+    hard_deletes: bool = False
+    nullable_arrays: Literal["json", "array"] = "json"
+    lookback: timedelta = DEFAULT_LOOKBACK
+    snapshot_partitions: int = Field(1, ge=1, le=MAX_SNAPSHOT_PARTITIONS)
+    freshness_limit: timedelta = timedelta(minutes=30)
+
+    @model_validator(mode="after")
+    def _cursors_of_the_mode(self) -> "TableSpec":
+        needed = {"incremental": ("created_at", "updated_at"), "append": ("created_at",)}
+        for field in needed.get(self.mode, ()):
+            if getattr(self, field) is None:
+                raise ValueError(f"mode {self.mode} needs `{field}`")
+        return self
 
     @property
     def schema_name(self) -> str:
@@ -113,35 +209,26 @@ class TableSpec(BaseModel):
 
     @property
     def target_table(self) -> str:
-        return self.target or self.table_name
+        return self.target
+
+    @property
+    def cursors(self) -> list[str]:
+        """The timestamp columns read incrementally: created_at, then updated_at if synced."""
+        return [column for column in (self.created_at, self.updated_at) if column]
 
     @property
     def settings(self) -> TableSettings:
         """This table as the sync engine takes it."""
         return TableSettings(
             source=self.source,
-            target=self.target_table,
+            target=self.target,
             primary_key=tuple(self.primary_key),
             created_at=self.created_at,
-            updated_at=self.updated_at,
+            updated_at=self.updated_at if self.mode == "incremental" else None,
             soft_delete=self.soft_delete,
             null_arrays_as_empty=self.nullable_arrays == "array",
             snapshot_partitions=self.snapshot_partitions,
         )
-
-
-class SyncConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    tables: list[TableSpec] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _unique_targets(self) -> "SyncConfig":
-        targets = [spec.target_table for spec in self.tables]
-        duplicates = sorted({t for t in targets if targets.count(t) > 1})
-        if duplicates:
-            raise ValueError(f"two tables write to the same ClickHouse table: {duplicates}")
-        return self
 
 
 def _describe(error: ErrorDetails, raw: dict[str, Any]) -> str:

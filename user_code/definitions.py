@@ -1,24 +1,46 @@
 import os
 
 import dagster as dg
+from dagster._core.definitions.definitions_load_context import (
+    DefinitionsLoadContext,
+    DefinitionsLoadType,
+)
 
 from user_code.assets import build_table_assets
 from user_code.automation import build_jobs, build_schedules, build_sensor
 from user_code.checks import build_table_checks
-from user_code.config import SyncConfig, load_sync_config
+from user_code.plan import Plan, load_plan
 from user_code.resources import build_executor, build_resources
 
+PLAN_METADATA_KEY = "pg2ch/plan"
 
-def build_definitions(sync_config: SyncConfig, clickhouse_url: str) -> dg.Definitions:
+
+def build_definitions(plan: Plan, clickhouse_url: str) -> dg.Definitions:
     return dg.Definitions(
-        assets=[asset for spec in sync_config.tables for asset in build_table_assets(spec)],
-        asset_checks=[check for spec in sync_config.tables for check in build_table_checks(spec)],
-        jobs=build_jobs(sync_config),
+        assets=[asset for spec in plan.tables for asset in build_table_assets(spec)],
+        asset_checks=[check for spec in plan.tables for check in build_table_checks(spec)],
+        jobs=build_jobs(plan),
         schedules=build_schedules(),
-        sensors=[build_sensor(sync_config)],
+        sensors=[build_sensor(plan)],
         resources=build_resources(),
         executor=build_executor(clickhouse_url),
-    )
+    ).with_reconstruction_metadata({PLAN_METADATA_KEY: plan.model_dump_json()})
 
 
-defs = build_definitions(load_sync_config(), os.environ.get("CLICKHOUSE_URL", ""))
+def planned() -> Plan:
+    """The code location's plan. Read from SYNC_CONFIG and the catalog where the code location
+    is initialized (the code server, `dg dev`, `dagster job execute`); taken from the
+    definitions the code server made in a run's processes, which so build exactly the tables
+    the code server showed, however the database changed since (a new table appears once the
+    code location is reloaded)."""
+    context = DefinitionsLoadContext.get()
+    if context.load_type == DefinitionsLoadType.RECONSTRUCTION:
+        stored = context.reconstruction_metadata.get(PLAN_METADATA_KEY)
+        if stored is not None:
+            return Plan.model_validate_json(stored)
+    return load_plan()
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(planned(), os.environ.get("CLICKHOUSE_URL", ""))

@@ -6,6 +6,7 @@ they survive restarts, show in the UI, and are stored only after ClickHouse ackn
 insert of the step. The metadata names below are stored state: renaming one loses the cursors.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -29,32 +30,58 @@ COLUMN_SCHEMA = "dagster/column_schema"
 ROW_COUNT_PARITY, FRESHNESS, CONTENT_CHECKSUM = "row_count_parity", "freshness", "content_checksum"
 
 
+# The sync steps of each mode, in order: each one's asset is `<clickhouse table>/<step>`.
+STEPS = {
+    "incremental": ("initial_load", "new_records", "updates"),
+    "append": ("initial_load", "new_records"),
+    "replace": ("snapshot",),
+}
+
+
 @dataclass(frozen=True)
 class TableKeys:
     """The asset keys of one table: `<clickhouse table>/<step>`."""
 
-    initial_load: dg.AssetKey
-    new_records: dg.AssetKey
-    updates: dg.AssetKey
-    reconcile_deletes: dg.AssetKey
+    table: str
+    steps: tuple[str, ...]
 
     @classmethod
     def of(cls, spec: TableSpec) -> "TableKeys":
-        return cls(*(dg.AssetKey([spec.target_table, step]) for step in cls.__dataclass_fields__))
+        return cls(spec.target, STEPS[spec.mode])
+
+    def step(self, name: str) -> dg.AssetKey:
+        return dg.AssetKey([self.table, name])
+
+    @property
+    def initial_load(self) -> dg.AssetKey:
+        return self.step("initial_load")
+
+    @property
+    def new_records(self) -> dg.AssetKey:
+        return self.step("new_records")
+
+    @property
+    def updates(self) -> dg.AssetKey:
+        return self.step("updates")
+
+    @property
+    def snapshot(self) -> dg.AssetKey:
+        return self.step("snapshot")
+
+    @property
+    def reconcile_deletes(self) -> dg.AssetKey:
+        return self.step("reconcile_deletes")
 
     def sync_steps(self) -> list[dg.AssetKey]:
-        return [self.initial_load, self.new_records, self.updates]
+        return [self.step(name) for name in self.steps]
+
+    @property
+    def last_step(self) -> dg.AssetKey:
+        return self.step(self.steps[-1])
 
     def check(self, name: str) -> dg.AssetCheckKey:
-        """Every check of a table sits on its `updates` asset, the last step of a sync."""
-        return dg.AssetCheckKey(self.updates, name)
-
-
-def _latest_materialization(
-    instance: dg.DagsterInstance, key: dg.AssetKey
-) -> dg.EventLogEntry | None:
-    event = instance.get_latest_materialization_event(key)
-    return event if event is not None and event.asset_materialization is not None else None
+        """Every check of a table sits on its last sync step."""
+        return dg.AssetCheckKey(self.last_step, name)
 
 
 def _stored_time(event: dg.EventLogEntry | None, name: str) -> datetime | None:
@@ -77,9 +104,9 @@ class StoredCursor:
 
 
 def _stored_cursor(
-    events: dict[dg.AssetKey, dg.EventLogEntry | None], name: str, steps: list[dg.AssetKey]
+    events: Mapping[dg.AssetKey, dg.EventLogEntry | None], name: str, steps: list[dg.AssetKey]
 ) -> StoredCursor:
-    stored = [event for key in steps if (event := events[key])]
+    stored = [event for key in steps if (event := events.get(key))]
     last_read = max(stored, key=lambda event: event.timestamp, default=None)
     return StoredCursor(
         latest(*(_stored_time(event, name) for event in stored)),
@@ -87,15 +114,28 @@ def _stored_cursor(
     )
 
 
-def stored_cursors(
-    instance: dg.DagsterInstance, keys: TableKeys
-) -> tuple[StoredCursor, StoredCursor]:
-    """The created_at and updated_at cursors of one table."""
-    events = {key: _latest_materialization(instance, key) for key in keys.sync_steps()}
+Cursors = tuple[StoredCursor, StoredCursor]  # created_at's and updated_at's
+Materializations = Mapping[dg.AssetKey, dg.EventLogEntry | None]
+
+
+def latest_materializations(
+    instance: dg.DagsterInstance, tables: list[TableKeys]
+) -> Materializations:
+    """The latest materialization of every sync step of `tables`, in one storage query."""
+    keys = [key for table in tables for key in table.sync_steps()]
+    return instance.get_latest_materialization_events(keys) if keys else {}
+
+
+def cursors_of(events: Materializations, keys: TableKeys) -> Cursors:
+    """The created_at and updated_at cursors of one table, from its steps' materializations."""
     return (
         _stored_cursor(events, CREATED_AT_WATERMARK, [keys.initial_load, keys.new_records]),
         _stored_cursor(events, UPDATED_AT_WATERMARK, [keys.initial_load, keys.updates]),
     )
+
+
+def stored_cursors(instance: dg.DagsterInstance, keys: TableKeys) -> Cursors:
+    return cursors_of(latest_materializations(instance, [keys]), keys)
 
 
 def stored_watermarks(

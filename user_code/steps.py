@@ -2,7 +2,8 @@
 
 Each step reads from its cursor, and its materialization stores where the next read starts;
 the cursors advance step by step, so new records start where the initial load ended and
-updates stop at the rows new records just read.
+updates stop at the rows new records just read. A table in `replace` mode has one step,
+which reads it whole and swaps it in.
 """
 
 from datetime import datetime
@@ -15,9 +16,10 @@ from user_code.state import (
     UPDATED_AT_WATERMARK,
     StoredCursor,
     TableKeys,
+    cursors_of,
     lag,
+    latest_materializations,
     step_metadata,
-    stored_cursors,
     table_metadata,
 )
 from user_code.sync.load import count_live_rows
@@ -33,37 +35,35 @@ class TableSteps:
     def __init__(
         self, instance: dg.DagsterInstance, spec: TableSpec, keys: TableKeys, table: TableSync
     ):
-        self.instance = instance
         self.spec = spec
         self.keys = keys
         self.table = table
-        self.created, self.updated = stored_cursors(instance, keys)
+        self.events = latest_materializations(instance, [keys])
+        self.created, self.updated = cursors_of(self.events, keys)
 
     def prepare(self) -> bool:
         """Create or update the ClickHouse table; True when it holds an initial load already."""
         created = self.table.prepare()
-        return (
-            not created
-            and self.instance.get_latest_materialization_event(self.keys.initial_load) is not None
-        )
+        return not created and self.events.get(self.keys.initial_load) is not None
 
     def initial_load(self) -> Materialization:
         result = self.table.snapshot()
         self.created = self.created.advanced(result.created_at, result)
         self.updated = self.updated.advanced(result.updated_at, result)
-        stored = {
-            CREATED_AT_WATERMARK: self.created.watermark,
-            UPDATED_AT_WATERMARK: self.updated.watermark,
-        }
+        stored = {CREATED_AT_WATERMARK: self.created.watermark}
+        if self.spec.updated_at:
+            stored[UPDATED_AT_WATERMARK] = self.updated.watermark
         return self._materialization(self.keys.initial_load, result, **stored)
 
     def new_records(self) -> Materialization:
+        assert self.spec.created_at, "new records are found by created_at"
         result = self.table.new_records(self._cursor(self.spec.created_at, self.created))
         self.created = self.created.advanced(result.created_at, result)
         stored = {CREATED_AT_WATERMARK: self.created.watermark}
         return self._materialization(self.keys.new_records, result, **stored)
 
     def updates(self) -> Materialization:
+        assert self.spec.updated_at, "changed rows are found by updated_at"
         cursor = self._cursor(self.spec.updated_at, self.updated)
         result = self.table.updates(cursor, self.created.watermark)
         self.updated = self.updated.advanced(result.updated_at, result)
@@ -77,6 +77,9 @@ class TableSteps:
             **{UPDATED_AT_WATERMARK: self.updated.watermark},
             lag_s=round(behind.total_seconds(), 3),
         )
+
+    def snapshot(self) -> Materialization:
+        return self._materialization(self.keys.snapshot, self.table.replace())
 
     def _cursor(self, column: str, stored: StoredCursor) -> Cursor:
         return Cursor(column, stored.watermark, self.spec.lookback, stored.open_since)

@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from user_code.config import parse_sync_config
+from user_code.plan import plan_tables
 from user_code.sync.errors import SyncError
 
 TABLE = {
@@ -18,7 +19,7 @@ TABLE = {
 
 
 def test_a_table_gets_the_engine_settings_it_declares():
-    spec = parse_sync_config({"tables": [{**TABLE, "lookback": "PT2M"}]}).tables[0]
+    spec = plan_tables(parse_sync_config({"tables": [{**TABLE, "lookback": "PT2M"}]})).tables[0]
     assert spec.lookback == timedelta(minutes=2)
     assert spec.target_table == "customers"
     assert spec.settings.primary_key == ("id",)

@@ -7,17 +7,28 @@ from user_code.sync.postgres import fetch_all
 from user_code.sync.postgres_names import quote_pg_table
 from user_code.sync.types import PgColumn, PgType
 
+# The types of the given relations' columns, and every type they rest on (a domain's base
+# type, an array's element type), found by following them through pg_type.
 _TYPES_SQL = """
+WITH RECURSIVE used(oid) AS (
+    SELECT atttypid FROM pg_catalog.pg_attribute
+    WHERE attrelid = ANY($1::oid[]) AND attnum > 0 AND NOT attisdropped
+  UNION
+    SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END
+    FROM pg_catalog.pg_type t JOIN used ON t.oid = used.oid
+    WHERE t.typtype = 'd' OR (t.typcategory = 'A' AND t.typelem <> 0)
+)
 SELECT oid::bigint, typname::text, typtype::text, typbasetype::bigint, typtypmod,
        typelem::bigint, typcategory::text, typnotnull
-FROM pg_catalog.pg_type
+FROM pg_catalog.pg_type WHERE oid IN (SELECT oid FROM used)
 """
 
 _COLUMNS_SQL = """
-SELECT attname::text, atttypid::bigint, atttypmod, attnotnull, format_type(atttypid, atttypmod)
+SELECT attrelid::bigint, attname::text, atttypid::bigint, atttypmod, attnotnull,
+       format_type(atttypid, atttypmod)
 FROM pg_catalog.pg_attribute
-WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped
-ORDER BY attnum
+WHERE attrelid = ANY($1::oid[]) AND attnum > 0 AND NOT attisdropped
+ORDER BY attrelid, attnum
 """
 
 _UNIQUE_KEYS_SQL = """
@@ -38,7 +49,14 @@ def read_columns(connection: adbc.Connection, source: str) -> list[PgColumn]:
     )
     if relation[0] is None:
         raise SyncError(f"{source}: no such table in Postgres; check `source` in SYNC_CONFIG.")
-    types = {row[0]: row for row in fetch_all(connection, _TYPES_SQL)}
+    return columns_of(connection, [relation[0]])[relation[0]]
+
+
+def columns_of(connection: adbc.Connection, relations: list[int]) -> dict[int, list[PgColumn]]:
+    """The columns of each relation (by oid), domains resolved to their base type: two queries
+    however many relations."""
+    relation_array = "{" + ",".join(str(oid) for oid in relations) + "}"
+    types = {row[0]: row for row in fetch_all(connection, _TYPES_SQL, (relation_array,))}
 
     def resolve(oid: int, typmod: int) -> tuple[PgType, bool]:
         _, name, kind, base, base_typmod, element, category, not_null = types[oid]
@@ -49,12 +67,14 @@ def read_columns(connection: adbc.Connection, source: str) -> list[PgColumn]:
             return PgType(name, typmod, resolve(element, typmod)[0]), False
         return PgType("enum" if kind == "e" else name, typmod), False
 
-    columns = []
-    rows = fetch_all(connection, _COLUMNS_SQL, (relation[0],))
-    for name, type_oid, typmod, not_null, declared in rows:
+    columns: dict[int, list[PgColumn]] = {oid: [] for oid in relations}
+    for relation, name, type_oid, typmod, not_null, declared in fetch_all(
+        connection, _COLUMNS_SQL, (relation_array,)
+    ):
         pg_type, domain_not_null = resolve(type_oid, typmod)
-        nullable = not (not_null or domain_not_null)
-        columns.append(PgColumn(name, pg_type, nullable, declared))
+        columns[relation].append(
+            PgColumn(name, pg_type, not (not_null or domain_not_null), declared)
+        )
     return columns
 
 

@@ -42,6 +42,7 @@ def write_tombstones(client: Client, primary_key: PrimaryKey, keys: list[Key]) -
     A key inserted again in Postgres later comes back with its newer `updated_at`.
     """
     target = primary_key.target
+    assert target.version_column, "a table replaced whole has no tombstones"
     version = quote_ch_name(target.version_column)
     client.command(
         f"INSERT INTO {target.qualified_name} SELECT * REPLACE "

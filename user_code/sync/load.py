@@ -34,15 +34,9 @@ def ensure_table(client: Client, target: TargetTable) -> bool:
     column dropped or retyped in Postgres stops the sync with a message, because guessing
     would silently change stored data.
     """
-    databases = client.query(
-        "SELECT count() FROM system.databases WHERE name = {db:String}",
-        parameters={"db": target.database},
-    ).result_rows[0][0]
-    if not databases:  # a least-privileged user has its database already, and no CREATE DATABASE
-        client.command(f"CREATE DATABASE {quote_ch_name(target.database)}")
     existing = existing_columns(client, target)
     if not existing:
-        client.command(target.create_sql(), settings=_DDL_SETTINGS)
+        create_table(client, target)
         return True
     wanted = {column.name: column.clickhouse_type for column in target.columns}
     for name, clickhouse_type in wanted.items():
@@ -65,6 +59,28 @@ def ensure_table(client: Client, target: TargetTable) -> bool:
             "Postgres; drop them in ClickHouse (ALTER TABLE ... DROP COLUMN) to go on."
         )
     return False
+
+
+def create_table(client: Client, target: TargetTable) -> None:
+    """The table, if it does not exist; its database too, where the user may create one."""
+    databases = client.query(
+        "SELECT count() FROM system.databases WHERE name = {db:String}",
+        parameters={"db": target.database},
+    ).result_rows[0][0]
+    if not databases:  # a least-privileged user has its database already, and no CREATE DATABASE
+        client.command(f"CREATE DATABASE {quote_ch_name(target.database)}")
+    client.command(target.create_sql(), settings=_DDL_SETTINGS)
+
+
+def drop_table(client: Client, target: TargetTable) -> None:
+    client.command(f"DROP TABLE IF EXISTS {target.qualified_name}")
+
+
+def swap_in(client: Client, target: TargetTable, loaded: TargetTable) -> None:
+    """`loaded` becomes `target` in one step, readers of `target` seeing the old table or the
+    new one, never a mix (an Atomic database's EXCHANGE TABLES); the old one is dropped."""
+    client.command(f"EXCHANGE TABLES {target.qualified_name} AND {loaded.qualified_name}")
+    drop_table(client, loaded)
 
 
 def deleted_flags(batch: pa.RecordBatch, soft_delete_column: str | None) -> pa.Array:

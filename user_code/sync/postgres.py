@@ -59,3 +59,22 @@ def latest_timestamps(
     select_list = ", ".join(f"max({quote_pg_name(c)})" for c in columns)
     row = fetch_all(connection, f"SELECT {select_list} FROM {quote_pg_table(source)}")[0]
     return [None if value is None else as_utc(value) for value in row]
+
+
+def latest_timestamps_of(
+    connection: adbc.Connection, tables: list[tuple[str, list[str]]]
+) -> list[list[datetime | None]]:
+    """`latest_timestamps` of many (table, columns) at once: one query per hundred tables."""
+    found: list[list[datetime | None]] = []
+    for start in range(0, len(tables), 100):
+        chunk = tables[start : start + 100]
+        width = max(len(columns) for _, columns in chunk)
+        selects = []
+        for index, (source, columns) in enumerate(chunk):
+            maxima = [f"max({quote_pg_name(c)})::timestamptz" for c in columns]
+            maxima += ["NULL::timestamptz"] * (width - len(columns))
+            selects.append(f"SELECT {index}, {', '.join(maxima)} FROM {quote_pg_table(source)}")
+        rows = sorted(fetch_all(connection, " UNION ALL ".join(selects)))
+        for (_, *values), (_, columns) in zip(rows, chunk, strict=True):
+            found.append([None if v is None else as_utc(v) for v in values[: len(columns)]])
+    return found

@@ -22,6 +22,7 @@ def row_keys(batch: pa.RecordBatch | pa.Table, key_columns: list[str], version: 
 
 def loaded_row_keys(client: Client, target: TargetTable, since: datetime) -> pa.Array:
     """Keys and versions ClickHouse already holds from `since` on: a bounded set (the lookback)."""
+    assert target.version_column, "a table without a version is never read again"
     parts = [f"toString({quote_ch_name(k)})" for k in target.primary_key]
     parts.append(f"toString(toUnixTimestamp64Micro({quote_ch_name(target.version_column)}))")
     separator = ", '\\x1f', "
@@ -38,7 +39,7 @@ def without_loaded_rows(
     batch: pa.RecordBatch, loaded: pa.Array, target: TargetTable
 ) -> pa.RecordBatch:
     """Drop rows ClickHouse already holds with the same version: a re-read writes nothing."""
-    if len(loaded) == 0:
+    if len(loaded) == 0 or target.version_column is None:
         return batch
     keys = row_keys(batch, list(target.primary_key), target.version_column)
     return batch.filter(pc.invert(pc.is_in(keys, value_set=loaded)))

@@ -13,11 +13,25 @@ def no_progress(message: str) -> None:
 
 @dataclass(frozen=True)
 class TableSettings:
+    """A table is read incrementally by `created_at` (new rows) and `updated_at` (changed
+    rows); by `created_at` alone when its rows never change (append); and whole, into a new
+    table swapped in at once, when it has neither (replace)."""
+
     source: str  # schema.table in Postgres
     target: str  # the ClickHouse table's name
     primary_key: tuple[str, ...]
-    created_at: str
-    updated_at: str
+    created_at: str | None
+    updated_at: str | None
     soft_delete: str | None = None
     null_arrays_as_empty: bool = False  # nullable arrays as native Arrays, not JSON text
     snapshot_partitions: int = 1  # connections reading the initial snapshot side by side
+
+    @property
+    def version_column(self) -> str | None:
+        """The row version ClickHouse keeps the newest of: `updated_at`, or `created_at` for rows
+        that never change; None where every run replaces the whole table."""
+        return self.updated_at or self.created_at
+
+    @property
+    def replaces(self) -> bool:
+        return self.version_column is None

@@ -16,7 +16,14 @@ from user_code.sync.compare import Comparison, compare_content
 from user_code.sync.deletes import Reconciliation, reconcile_deletes
 from user_code.sync.errors import SyncError
 from user_code.sync.keys import PrimaryKey
-from user_code.sync.load import ensure_table, insert_batch
+from user_code.sync.load import (
+    create_table,
+    drop_table,
+    ensure_table,
+    existing_columns,
+    insert_batch,
+    swap_in,
+)
 from user_code.sync.open_transactions import OpenTransactions, open_transactions
 from user_code.sync.postgres import connect, count_rows
 from user_code.sync.reread import loaded_row_keys, without_loaded_rows
@@ -27,6 +34,9 @@ from user_code.sync.streaming import Batches, read_ahead
 from user_code.sync.target_table import TargetTable
 from user_code.sync.validate import validate_source
 from user_code.sync.watermark import Cursor, as_utc, latest
+
+# The table a replace loads before it is swapped in: `<table>__pg2ch_staging`.
+STAGING_SUFFIX = "__pg2ch_staging"
 
 
 @dataclass(frozen=True)
@@ -70,15 +80,21 @@ class TableSync:
             name=settings.target,
             columns=self.source.mappings,
             primary_key=settings.primary_key,
-            version_column=settings.updated_at,
+            version_column=settings.version_column,
         )
 
     def prepare(self) -> bool:
-        """Create or update the ClickHouse table; True when it did not exist."""
+        """Create or update the ClickHouse table; True when it did not exist. A table replaced
+        whole takes the source's columns as they are at each replace."""
+        if self.settings.replaces:
+            created = not existing_columns(self.clickhouse, self.target)
+            create_table(self.clickhouse, self.target)
+            return created
         return ensure_table(self.clickhouse, self.target)
 
-    def snapshot(self) -> StepResult:
-        """The whole table at one instant, read in `snapshot_partitions` ranges side by side.
+    def snapshot(self, into: TargetTable | None = None) -> StepResult:
+        """The whole table at one instant, read in `snapshot_partitions` ranges side by side,
+        into the ClickHouse table (or `into`).
 
         Batches are inserted one at a time, whichever partition they come from; the step
         returns (and its watermarks may be stored) only after every partition's last insert
@@ -102,7 +118,18 @@ class TableSync:
                 self.source.read(connection, self.source.select_sql(condition))
                 for connection, condition in zip(connections, conditions, strict=True)
             ]
-            return self._load(read_ahead(*sources), None, transactions)
+            return self._load(read_ahead(*sources), None, transactions, into or self.target)
+
+    def replace(self) -> StepResult:
+        """The whole table loaded into a table of its own, then swapped in for the one readers
+        use: they see the old content or the new, never an empty or partial table. A load cut
+        short leaves its table behind, unused; the next replace drops it and starts again."""
+        staging = replace(self.target, name=f"{self.target.name}{STAGING_SUFFIX}")
+        drop_table(self.clickhouse, staging)
+        create_table(self.clickhouse, staging)
+        result = self.snapshot(into=staging)
+        swap_in(self.clickhouse, self.target, staging)
+        return result
 
     def new_records(self, cursor: Cursor) -> StepResult:
         cursor = self._in_column_terms(cursor)
@@ -117,7 +144,7 @@ class TableSync:
         if cursor.start is None:
             return self.snapshot()
         start = self.source.bind(cursor.column, cursor.start)
-        if created_up_to is None:
+        if created_up_to is None or self.settings.created_at is None:
             return self._read_from(cursor, self.source.cursor_sql(cursor.column), (start,))
         sql = self.source.cursor_sql(cursor.column, self.settings.created_at)
         bound = self.source.bind(self.settings.created_at, created_up_to)
@@ -151,13 +178,19 @@ class TableSync:
         return self._load(batches, cursor, transactions)
 
     def _load(
-        self, batches: Batches, cursor: Cursor | None, transactions: OpenTransactions
+        self,
+        batches: Batches,
+        cursor: Cursor | None,
+        transactions: OpenTransactions,
+        target: TargetTable | None = None,
     ) -> StepResult:
-        """Insert `batches`, leaving out rows ClickHouse already holds at the same version."""
+        """Insert `batches` into `target` (default: the table's), leaving out rows ClickHouse
+        already holds at the same version."""
+        target = target or self.target
         started = time.monotonic()
         loaded = pa.array([], pa.string())
         if cursor is not None and cursor.start is not None:
-            loaded = loaded_row_keys(self.clickhouse, self.target, cursor.start)
+            loaded = loaded_row_keys(self.clickhouse, target, cursor.start)
         rows_read = rows_written = 0
         created_at = updated_at = None
         with closing(batches):
@@ -165,14 +198,14 @@ class TableSync:
                 rows_read += batch.num_rows
                 created_at = latest(created_at, _max_time(batch, self.settings.created_at))
                 updated_at = latest(updated_at, _max_time(batch, self.settings.updated_at))
-                fresh = without_loaded_rows(batch, loaded, self.target)
+                fresh = without_loaded_rows(batch, loaded, target)
                 if fresh.num_rows:
-                    insert_batch(self.clickhouse, self.target, fresh, self.settings.soft_delete)
+                    insert_batch(self.clickhouse, target, fresh, self.settings.soft_delete)
                     rows_written += fresh.num_rows
                 elapsed = time.monotonic() - started
                 self.progress(
                     f"{self.settings.source}: {rows_read} rows read, {rows_written} written "
-                    f"({rows_read / elapsed:,.0f} rows/s), updated_at up to {updated_at}"
+                    f"({rows_read / elapsed:,.0f} rows/s)"
                 )
         held_back = cursor.held_back if cursor else timedelta(0)
         seconds = time.monotonic() - started
@@ -195,6 +228,8 @@ class TableSync:
         )
 
 
-def _max_time(batch: pa.RecordBatch, column: str) -> datetime | None:
+def _max_time(batch: pa.RecordBatch, column: str | None) -> datetime | None:
+    if column is None:
+        return None
     value = pc.max(batch.column(column)).as_py()
     return None if value is None else as_utc(value)

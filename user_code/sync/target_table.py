@@ -22,14 +22,15 @@ class TargetTable:
 
     `ReplacingMergeTree(updated_at, _is_deleted)` keeps, per primary key, the row with the
     largest `updated_at`; `_is_deleted = 1` marks a row deleted in the source. Merges run in
-    the background, so readers use `FINAL` to see exactly one row per key.
+    the background, so readers use `FINAL` to see exactly one row per key. A table replaced
+    whole on every run has no version: its rows are never read twice.
     """
 
     database: str
     name: str
     columns: tuple[ColumnMapping, ...]
     primary_key: tuple[str, ...]
-    version_column: str
+    version_column: str | None
 
     @property
     def qualified_name(self) -> str:
@@ -38,10 +39,11 @@ class TargetTable:
     def create_sql(self) -> str:
         columns = ",\n  ".join(f"{quote_ch_name(c.name)} {c.clickhouse_type}" for c in self.columns)
         order_by = ", ".join(quote_ch_name(k) for k in self.primary_key)
-        version = quote_ch_name(self.version_column)
+        deleted = quote_ch_name(DELETED_COLUMN)
+        version = f"{quote_ch_name(self.version_column)}, {deleted}" if self.version_column else ""
         return (
             f"CREATE TABLE IF NOT EXISTS {self.qualified_name} (\n  {columns},\n"
-            f"  {quote_ch_name(DELETED_COLUMN)} UInt8 DEFAULT 0\n)\n"
-            f"ENGINE = ReplacingMergeTree({version}, {quote_ch_name(DELETED_COLUMN)})\n"
+            f"  {deleted} UInt8 DEFAULT 0\n)\n"
+            f"ENGINE = ReplacingMergeTree({version})\n"
             f"ORDER BY ({order_by})"
         )

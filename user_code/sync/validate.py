@@ -18,13 +18,16 @@ def validate_source(
     """Cursor columns of a timestamp type, a NOT NULL version, a NOT NULL key with a unique
     index, an existing soft-delete column, no column under a name pg2ch uses itself."""
     for field in ("created_at", "updated_at"):
-        column = source.column(getattr(settings, field))
+        name = getattr(settings, field)
+        if name is None:
+            continue
+        column = source.column(name)
         if column.type.name not in _TIMESTAMP_TYPES:
             raise SyncError(
                 f"{settings.source}.{column.name}: `{field}` must be a timestamp or "
                 f"timestamptz column, not {column.type.name}."
             )
-    if source.column(settings.updated_at).nullable:
+    if settings.updated_at and source.column(settings.updated_at).nullable:
         raise SyncError(
             f"{settings.source}.{settings.updated_at}: `updated_at` must be NOT NULL: it is the "
             "version that decides which copy of a row ClickHouse keeps."

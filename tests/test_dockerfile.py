@@ -10,13 +10,16 @@ up. test_image.py builds the image and runs the same pods as its containers.
 from __future__ import annotations
 
 import json
-import shlex
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import dagster as dg
-from chart_support import cluster
+from chart_support import Objects, cluster
 from dagster._core.remote_origin import GrpcServerCodeLocationOrigin
 from k8s_support import (
     DOCKERFILE,
@@ -25,9 +28,10 @@ from k8s_support import (
     k8s_run_launcher_values,
     load_yaml,
     require_chart,
+    secret_data,
     user_deployment,
 )
-from local_cluster import local_pod
+from local_cluster import local_pod, localize
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from waiting import free_port, wait_until
@@ -121,17 +125,18 @@ def test_dagster_home_is_where_the_chart_mounts_the_instance():
     assert f"DAGSTER_HOME={chart_global['dagsterHome']}" in last("ENV").split()
 
 
-def test_cmd_starts_a_healthy_code_server_that_serves_the_assets(tmp_path):
-    """CMD with the code server pod's rendered environment and sync.yaml; the databases it
-    names do not resolve here."""
+@contextmanager
+def cmd_code_server(objects: Objects, tmp_path: Path) -> Iterator[GrpcServerCodeLocationOrigin]:
+    """CMD as a process, with the code server pod's environment and sync.yaml from `objects`,
+    healthy; stopped after, with nothing left to stop by force."""
     port = free_port()
     command = cmd()
     command[command.index("-h") + 1] = "127.0.0.1"
     command[command.index("-p") + 1] = str(port)
     assert command[0] == "dagster"
     deployment = f"{helm_release()['name']}-dagster-user-deployments-pg2ch"
-    pod_spec = cluster().get("Deployment", deployment)["spec"]["template"]["spec"]
-    env = local_pod(pod_spec, cluster(), tmp_path / "pod").env
+    pod_spec = objects.get("Deployment", deployment)["spec"]["template"]["spec"]
+    env = local_pod(pod_spec, objects, tmp_path / "pod").env
     server = start_service("code-server", [sys.executable, "-m", *command], env, tmp_path)
     probe = [sys.executable, "-m", "dagster", "api", "grpc-health-check", "-p", str(port)]
 
@@ -141,21 +146,46 @@ def test_cmd_starts_a_healthy_code_server_that_serves_the_assets(tmp_path):
 
     try:
         wait_until(healthy, STARTUP_TIMEOUT_S, "healthy code server", server.log_tail, 0.5)
-        origin = GrpcServerCodeLocationOrigin(
+        yield GrpcServerCodeLocationOrigin(
             host="127.0.0.1", port=port, location_name=user_deployment()["name"]
-        )
-        with (
-            dg.DagsterInstance.ephemeral() as instance,
-            origin.create_location(instance) as location,
-        ):
-            asset_keys = [
-                node.asset_key.to_user_string()
-                for repository in location.get_repositories().values()
-                for node in repository.get_asset_node_snaps()
-            ]
-        assert any("customers" in key for key in asset_keys), (
-            f"`{shlex.join(command)}` serves no asset for public.customers: {asset_keys}"
         )
     finally:
         stopped_by_force = stop_services([server])
     assert stopped_by_force == []
+
+
+def test_cmd_serves_the_tables_sync_config_plans(cluster_postgres, loopback, tmp_path):
+    """With the source reachable (its Service on loopback), the code server plans sync.yaml's
+    patterns from the catalog and serves the steps of every seeded table."""
+    objects = localize(cluster(), loopback, "chdb:///unused?database=analytics")
+    with (
+        cmd_code_server(objects, tmp_path) as origin,
+        dg.DagsterInstance.ephemeral() as instance,
+        origin.create_location(instance) as location,
+    ):
+        asset_keys = {
+            node.asset_key.to_user_string()
+            for repository in location.get_repositories().values()
+            for node in repository.get_asset_node_snaps()
+        }
+    assert {"customers/updates", "events/new_records", "countries/snapshot"} <= asset_keys
+
+
+def test_cmd_with_the_source_unreachable_stops_with_the_reason(tmp_path):
+    """The cluster's host names do not resolve here. Planning needs the source's catalog, so
+    the code server stops, saying which host it could not reach, never the password; in the
+    cluster its init container waits for the source first (helm/values.yaml)."""
+    command = cmd()
+    command[command.index("-h") + 1] = "127.0.0.1"
+    command[command.index("-p") + 1] = str(free_port())
+    deployment = f"{helm_release()['name']}-dagster-user-deployments-pg2ch"
+    pod_spec = cluster().get("Deployment", deployment)["spec"]["template"]["spec"]
+    env = local_pod(pod_spec, cluster(), tmp_path / "pod").env
+    stopped = subprocess.run(
+        [sys.executable, "-m", *command], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert stopped.returncode != 0
+    output = stopped.stdout + stopped.stderr
+    assert "cannot connect to Postgres at postgresql://postgres-source:5432/app" in output
+    password = urlsplit(secret_data("source-postgres")["PG_URL"]).password
+    assert password and password not in output

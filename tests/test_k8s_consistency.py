@@ -150,7 +150,7 @@ def test_source_url_user_is_the_read_only_role_the_init_script_creates():
     init = k8s_object("ConfigMap", "postgres-source-init")["data"]
     (script,) = [text for name, text in init.items() if name.endswith(".sh")]
     assert re.search(rf"CREATE ROLE {user} LOGIN PASSWORD :'reader_password'", script)
-    assert f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {user};" in script
+    assert f"GRANT SELECT ON ALL TABLES IN SCHEMA public, ops TO {user};" in script
     assert "INSERT" not in script and "SUPERUSER" not in script
 
 

@@ -3,7 +3,7 @@
 The postgres image runs /docker-entrypoint-initdb.d once, in file-name order: `.sql` files
 through psql with ON_ERROR_STOP, `.sh` files sourced by bash. This runs the same files the
 same way on embedded Postgres, then checks what the sync relies on: the demo rows, the
-updated_at trigger, a read-only role, and every table and column that sync-config names.
+updated_at trigger, a read-only role, and the plan sync-config makes of the seeded tables.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ import yaml
 from cluster_postgres import run_entrypoint, statefulset_env
 from k8s_support import k8s_object, secret_data
 
-from demo.seed import CUSTOMERS_DDL
+from demo.seed import CUSTOMERS_DDL, OPS_DDL
+from user_code.config import parse_sync_config
+from user_code.plan import load_plan
 
 DATABASE = statefulset_env("postgres-source")["POSTGRES_DB"]
 READER = urlsplit(secret_data("source-postgres")["PG_URL"]).username
@@ -87,39 +89,41 @@ def test_the_sync_role_sees_when_other_sessions_transactions_began(source_socket
         assert cur.fetchone() == (True, writer_started)
 
 
-def test_sync_config_tables_and_columns_exist(source_socket):
-    tables = yaml.safe_load(k8s_object("ConfigMap", "sync-config")["data"]["sync.yaml"])["tables"]
-    assert tables
-    with cursor(source_socket, READER) as cur:
-        for table in tables:
-            cur.execute(
-                "SELECT a.attname FROM pg_index i"
-                " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
-                " WHERE i.indrelid = %s::regclass AND i.indisprimary",
-                (table["source"],),
-            )
-            assert sorted(row[0] for row in cur.fetchall()) == sorted(table["primary_key"])
-            for cursor_column in (table["created_at"], table["updated_at"]):
-                cur.execute(
-                    "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
-                    " WHERE attrelid = %s::regclass AND attname = %s",
-                    (table["source"], cursor_column),
-                )
-                assert cur.fetchone() == ("timestamp with time zone",), cursor_column
+def test_the_sync_config_plans_every_seeded_table_as_the_sync_role(source_socket):
+    """sync-config's patterns, planned from the seeded catalog as the role the run pods use:
+    every table in the mode its columns allow, none skipped."""
+    sync_yaml = yaml.safe_load(k8s_object("ConfigMap", "sync-config")["data"]["sync.yaml"])
+    reader_url = f"postgresql://{READER}@/{DATABASE}?host={source_socket}"
+    plan = load_plan(parse_sync_config(sync_yaml), reader_url)
+    assert plan.skipped == []
+    assert {(spec.source, spec.mode, tuple(spec.primary_key)) for spec in plan.tables} == {
+        ('"public"."customers"', "incremental", ("id",)),
+        ('"ops"."events"', "append", ("id",)),
+        ('"ops"."countries"', "replace", ("code",)),
+    }
 
 
+SEEDED_TABLES = ["public.customers", "ops.events", "ops.countries"]
 COLUMNS_SQL = """
 SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute
-WHERE attrelid = 'public.customers'::regclass AND attnum > 0 AND NOT attisdropped
+WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped
 ORDER BY attnum
 """
 
 
-def test_seeded_table_has_the_shape_make_dev_syncs(source_socket):
-    """The cluster's demo table and make dev's (demo/seed.py) map to the same ClickHouse table."""
+def shapes(cur) -> dict[str, list[tuple]]:
+    found = {}
+    for table in SEEDED_TABLES:
+        cur.execute(COLUMNS_SQL, (table,))
+        found[table] = cur.fetchall()
+    return found
+
+
+def test_seeded_tables_have_the_shape_make_dev_syncs(source_socket):
+    """The cluster's demo tables and make dev's (demo/seed.py) map to the same ClickHouse
+    tables."""
     with cursor(source_socket, "postgres") as cur:
-        cur.execute(COLUMNS_SQL)
-        in_cluster = cur.fetchall()
+        in_cluster = shapes(cur)
     admin = psycopg2.connect(host=source_socket, dbname=DATABASE, user="postgres")
     admin.autocommit = True  # CREATE DATABASE cannot run in a transaction
     with admin.cursor() as cur:
@@ -128,9 +132,8 @@ def test_seeded_table_has_the_shape_make_dev_syncs(source_socket):
     conn = psycopg2.connect(host=source_socket, dbname="make_dev_shape", user="postgres")
     try:
         with conn, conn.cursor() as cur:
-            for statement in CUSTOMERS_DDL:
+            for statement in CUSTOMERS_DDL + OPS_DDL:
                 cur.execute(statement)
-            cur.execute(COLUMNS_SQL)
-            assert cur.fetchall() == in_cluster
+            assert shapes(cur) == in_cluster
     finally:
         conn.close()

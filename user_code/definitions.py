@@ -29,16 +29,18 @@ def build_definitions(plan: Plan, clickhouse_url: str) -> dg.Definitions:
 
 def planned() -> Plan:
     """The code location's plan. Read from SYNC_CONFIG and the catalog where the code location
-    is initialized (the code server, `dg dev`, `dagster job execute`); taken from the
-    definitions the code server made in a run's processes, which so build exactly the tables
-    the code server showed, however the database changed since (a new table appears once the
+    is initialized (the code server, `dg dev`, `dagster job execute`), and kept with the
+    repository's load data, which Dagster hands to the processes of every run made from it:
+    there it is taken back instead of the catalog, so a run builds exactly the tables the
+    code server showed, however the database changed since (a new table appears once the
     code location is reloaded)."""
     context = DefinitionsLoadContext.get()
+    stored = None
     if context.load_type == DefinitionsLoadType.RECONSTRUCTION:
         stored = context.reconstruction_metadata.get(PLAN_METADATA_KEY)
-        if stored is not None:
-            return Plan.model_validate_json(stored)
-    return load_plan()
+    plan = Plan.model_validate_json(stored) if stored is not None else load_plan()
+    context.add_to_pending_reconstruction_metadata(PLAN_METADATA_KEY, plan.model_dump_json())
+    return plan
 
 
 @dg.definitions

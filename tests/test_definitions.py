@@ -48,11 +48,9 @@ def test_code_location_loads_with_every_piece(defs):
         "content_checksum",
     }
     sync_job = defs.resolve_job_def("postgres_to_clickhouse")
-    assert {node.name for node in sync_job.nodes} == {
-        "sync_customers",
-        "customers__updates_row_count_parity",
-        "customers__updates_freshness",
-    }
+    assert {node.name for node in sync_job.nodes} == {"sync_customers"}  # checks run inside
+    sync_op = graph.assets_def_for_key(dg.AssetKey(["customers", "updates"]))
+    assert {key.name for key in sync_op.check_keys} == {"row_count_parity", "freshness"}
     verify_job = defs.resolve_job_def("verify_clickhouse")
     assert {node.name for node in verify_job.nodes} == {
         "customers__reconcile_deletes",
@@ -90,10 +88,9 @@ def test_sensor_requests_a_run_only_when_the_source_is_ahead(sync_env, customers
     sensor = build_sensor(demo_config())
 
     def evaluate():
-        context = dg.build_sensor_context(
-            instance=instance, resources={"postgres": PostgresResource(url=pg_url)}
-        )
-        return sensor(context)
+        resources = {"postgres": PostgresResource(url=pg_url)}
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            return sensor(context)
 
     assert isinstance(evaluate(), dg.SkipReason)  # an empty source is up to date
     insert_customers(customers, 5)
@@ -199,15 +196,15 @@ def test_a_lost_connection_is_retried_and_the_step_then_succeeds(sync_env, custo
     the retry policy runs the step again, which then syncs every row. (A configuration error
     is not retried: test_sync.py.)"""
     monkeypatch.setattr(assets, "SYNC_RETRY_POLICY", dg.RetryPolicy(max_retries=3, delay=0.1))
-    connect, attempts = resources.connect, []
+    open_connection, attempts = resources.open_connection, []
 
     def lost_once(url: str):
         attempts.append(url)
         if len(attempts) == 1:
             raise ConnectionFailed("cannot connect to Postgres (injected by the test)")
-        return connect(url)
+        return open_connection(url)
 
-    monkeypatch.setattr(resources, "connect", lost_once)
+    monkeypatch.setattr(resources, "open_connection", lost_once)
     insert_customers(customers, 10)
     result = run_sync(dg.DagsterInstance.ephemeral())
 

@@ -13,6 +13,7 @@ from typing import TypedDict
 
 import dagster as dg
 
+from user_code.checks import evaluate_sync_checks, sync_check_specs
 from user_code.config import TableSpec
 from user_code.resources import ClickHouseResource, PostgresResource, open_table
 from user_code.state import TableKeys
@@ -36,21 +37,23 @@ def _sync_table(
     config: SyncRunConfig,
     postgres: PostgresResource,
     clickhouse: ClickHouseResource,
-) -> Iterator[Materialization]:
+) -> Iterator[Materialization | dg.AssetCheckResult]:
     selected = context.selected_asset_keys
     with open_table(spec, postgres, clickhouse, context.log.info) as table:
         steps = TableSteps(context.instance, spec, keys, table)
         was_loaded = steps.prepare()
         if spec.mode == "replace":
-            yield steps.snapshot()
-            return
-        if keys.initial_load in selected and (config.full_refresh or not was_loaded):
-            context.log.info(f"{spec.source}: initial load into {table.target.qualified_name}")
-            yield steps.initial_load()
-        if keys.new_records in selected:
-            yield steps.new_records()
-        if spec.mode == "incremental" and keys.updates in selected:
-            yield steps.updates()
+            if keys.snapshot in selected:
+                yield steps.snapshot()
+        else:
+            if keys.initial_load in selected and (config.full_refresh or not was_loaded):
+                context.log.info(f"{spec.source}: initial load into {table.target.qualified_name}")
+                yield steps.initial_load()
+            if keys.new_records in selected:
+                yield steps.new_records()
+            if spec.mode == "incremental" and keys.updates in selected:
+                yield steps.updates()
+        yield from evaluate_sync_checks(context, spec, keys, table)
 
 
 def _pool(spec: TableSpec) -> str:
@@ -111,6 +114,7 @@ def build_table_assets(spec: TableSpec) -> list[dg.AssetsDefinition]:
     @dg.multi_asset(
         name=f"sync_{spec.target_table}",
         specs=_step_specs(spec, keys),
+        check_specs=sync_check_specs(spec, keys),
         can_subset=True,
         retry_policy=SYNC_RETRY_POLICY,
         pool=_pool(spec),
@@ -121,7 +125,7 @@ def build_table_assets(spec: TableSpec) -> list[dg.AssetsDefinition]:
         config: SyncRunConfig,
         postgres: PostgresResource,
         clickhouse: ClickHouseResource,
-    ) -> Iterator[Materialization]:
+    ) -> Iterator[Materialization | dg.AssetCheckResult]:
         with _failures_explained():
             yield from _sync_table(context, spec, keys, config, postgres, clickhouse)
 

@@ -8,7 +8,7 @@ from dagster._core.definitions.definitions_load_context import (
 
 from user_code.assets import build_table_assets
 from user_code.automation import build_jobs, build_schedules, build_sensor
-from user_code.checks import build_table_checks
+from user_code.checks import build_content_checksum
 from user_code.plan import Plan, load_plan
 from user_code.resources import build_executor, build_resources
 
@@ -18,7 +18,7 @@ PLAN_METADATA_KEY = "pg2ch/plan"
 def build_definitions(plan: Plan, clickhouse_url: str) -> dg.Definitions:
     return dg.Definitions(
         assets=[asset for spec in plan.tables for asset in build_table_assets(spec)],
-        asset_checks=[check for spec in plan.tables for check in build_table_checks(spec)],
+        asset_checks=[build_content_checksum(spec) for spec in plan.tables],
         jobs=build_jobs(plan),
         schedules=build_schedules(),
         sensors=[build_sensor(plan)],

@@ -8,11 +8,11 @@ import adbc_driver_postgresql.dbapi as adbc
 import clickhouse_connect
 import dagster as dg
 from clickhouse_connect.driver.client import Client
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from user_code.config import TableSpec
 from user_code.sync.errors import ConnectionFailed, describe_url, redact, require_scheme
-from user_code.sync.postgres import connect
+from user_code.sync.postgres import connect, open_connection
 from user_code.sync.settings import Progress, no_progress
 from user_code.sync.table_sync import TableSync
 
@@ -25,22 +25,60 @@ def is_embedded(clickhouse_url: str) -> bool:
 # Dagster's resources subclass ConfigurableResource unparametrized (the resource is its own
 # value); its type parameter is for factories of other values.
 class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
-    """The source database."""
+    """The source database. Within a run, one connection serves every step of the run's
+    process, opened on first use and closed with the run: a run of hundreds of tables logs
+    in once, not once per table and check. Elsewhere (a sensor), one connection per use."""
 
     url: str = Field(description="libpq URI, e.g. postgresql://user:pass@host:5432/db")
+    _shared: adbc.Connection | None = PrivateAttr(default=None)
+    _in_run: bool = PrivateAttr(default=False)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._in_run = True
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
 
     @contextmanager
     def connect(self) -> Iterator[adbc.Connection]:
-        with connect(self.url) as connection:
-            yield connection
+        if not self._in_run:
+            with connect(self.url) as connection:
+                yield connection
+            return
+        yield self._shared_connection()
+
+    def _shared_connection(self) -> adbc.Connection:
+        """The run's connection, with no transaction left open by a step before; a fresh one
+        if it broke (a retried step may follow a lost connection)."""
+        if self._shared is not None:
+            try:
+                self._shared.rollback()
+                return self._shared
+            except Exception:
+                self._shared.close()
+        self._shared = open_connection(self.url)
+        return self._shared
 
 
 class ClickHouseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
-    """The destination: a ClickHouse server over HTTP(S), or chDB in this process."""
+    """The destination: a ClickHouse server over HTTP(S), or chDB in this process. Within a run,
+    one client serves every step of the run's process, as with Postgres."""
 
     url: str = Field(
         description="http(s)://user:pass@host:8123/database, or chdb:///dir?database=name"
     )
+    _shared: Client | None = PrivateAttr(default=None)
+    _in_run: bool = PrivateAttr(default=False)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._in_run = True
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
 
     @property
     def database(self) -> str:
@@ -51,15 +89,25 @@ class ClickHouseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
     @contextmanager
     def get_client(self) -> Iterator[Client]:
+        if self._in_run:
+            self._shared = self._shared or self._open_client()
+            yield self._shared
+            return
+        client = self._open_client()
+        try:
+            yield client
+        finally:
+            client.close()
+
+    def _open_client(self) -> Client:
         require_scheme(self.url, "CLICKHOUSE_URL", ("http", "https", "chdb"))
         embedded = is_embedded(self.url)
         try:
             if embedded:
-                client = clickhouse_connect.get_client(dsn=f"chdb://{urlsplit(self.url).path}")
-            else:
-                client = clickhouse_connect.get_client(
-                    dsn=self.url, database=self.database, autogenerate_session_id=False
-                )
+                return clickhouse_connect.get_client(dsn=f"chdb://{urlsplit(self.url).path}")
+            return clickhouse_connect.get_client(
+                dsn=self.url, database=self.database, autogenerate_session_id=False
+            )
         except Exception as error:
             hint = (
                 "only one process may open a chdb directory: wait for the running sync to "
@@ -71,10 +119,6 @@ class ClickHouseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                 f"cannot open ClickHouse at {describe_url(self.url)}: "
                 f"{redact(str(error), self.url)}; {hint}."
             ) from None
-        try:
-            yield client
-        finally:
-            client.close()
 
 
 @contextmanager
@@ -84,7 +128,7 @@ def open_table(
     clickhouse: ClickHouseResource,
     progress: Progress = no_progress,
 ) -> Iterator[TableSync]:
-    """One table's sync engine, on its own connections to both databases."""
+    """One table's sync engine, on the connections of both resources."""
     with postgres.connect() as connection, clickhouse.get_client() as client:
         database = clickhouse.database
         yield TableSync(spec.settings, connection, client, database, progress, postgres.url)

@@ -15,9 +15,9 @@ from user_code.sync.watermark import as_utc
 APPLICATION_NAME = "pg2ch"
 
 
-@contextmanager
-def connect(url: str) -> Iterator[adbc.Connection]:
-    """An ADBC connection whose session reads timestamps in UTC and intervals as ISO 8601."""
+def open_connection(url: str) -> adbc.Connection:
+    """An ADBC connection whose session reads timestamps in UTC and intervals as ISO 8601; the
+    caller closes it."""
     require_scheme(url, "PG_URL", ("postgresql", "postgres"))
     try:
         connection = adbc.connect(url)
@@ -32,6 +32,16 @@ def connect(url: str) -> Iterator[adbc.Connection]:
             cursor.execute("SET IntervalStyle = 'iso_8601'")
             cursor.execute(f"SET application_name = '{APPLICATION_NAME}'")
         connection.commit()
+    except Exception:
+        connection.close()
+        raise
+    return connection
+
+
+@contextmanager
+def connect(url: str) -> Iterator[adbc.Connection]:
+    connection = open_connection(url)
+    try:
         yield connection
     finally:
         connection.close()

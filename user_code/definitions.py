@@ -15,7 +15,9 @@ from user_code.resources import build_executor, build_resources
 PLAN_METADATA_KEY = "pg2ch/plan"
 
 
-def build_definitions(plan: Plan, clickhouse_url: str) -> dg.Definitions:
+def build_definitions(
+    plan: Plan, clickhouse_url: str, executor: str = "in_process"
+) -> dg.Definitions:
     return dg.Definitions(
         assets=[asset for spec in plan.tables for asset in build_table_assets(spec)],
         asset_checks=[build_content_checksum(spec) for spec in plan.tables],
@@ -23,7 +25,7 @@ def build_definitions(plan: Plan, clickhouse_url: str) -> dg.Definitions:
         schedules=build_schedules(),
         sensors=[build_sensor(plan)],
         resources=build_resources(),
-        executor=build_executor(clickhouse_url),
+        executor=build_executor(clickhouse_url, executor),
     ).with_reconstruction_metadata({PLAN_METADATA_KEY: plan.model_dump_json()})
 
 
@@ -45,4 +47,8 @@ def planned() -> Plan:
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return build_definitions(planned(), os.environ.get("CLICKHOUSE_URL", ""))
+    return build_definitions(
+        planned(),
+        os.environ.get("CLICKHOUSE_URL", ""),
+        os.environ.get("SYNC_EXECUTOR", "in_process"),
+    )

@@ -122,7 +122,7 @@ def _fill_from_catalog(
         raise SyncError("the sync's role may not SELECT from it: GRANT SELECT on it to the role")
     settings.setdefault("primary_key", list(table.primary_key))
     if not settings["primary_key"]:
-        raise SyncError("no primary key: add one, or name `primary_key` in its entry")
+        raise SyncError("no primary key: add one, or name primary_key in its entry")
     mode = settings.setdefault("mode", "incremental")
     if mode == "auto":
         created, updated = bool(settings.get("created_at")), bool(settings.get("updated_at"))

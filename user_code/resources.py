@@ -1,5 +1,6 @@
 """Postgres and ClickHouse as Dagster resources; embedded or server is decided here, by URL."""
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import parse_qs, urlsplit
@@ -11,7 +12,13 @@ from clickhouse_connect.driver.client import Client
 from pydantic import Field, PrivateAttr
 
 from user_code.config import TableSpec
-from user_code.sync.errors import ConnectionFailed, describe_url, redact, require_scheme
+from user_code.sync.errors import (
+    ConnectionFailed,
+    SyncError,
+    describe_url,
+    redact,
+    require_scheme,
+)
 from user_code.sync.postgres import connect, open_connection
 from user_code.sync.settings import Progress, no_progress
 from user_code.sync.table_sync import TableSync
@@ -141,6 +148,16 @@ def build_resources() -> dict[str, PostgresResource | ClickHouseResource]:
     }
 
 
-def build_executor(clickhouse_url: str) -> dg.ExecutorDefinition:
-    """chDB opens its directory in one process only, so embedded runs keep every step in-process."""
-    return dg.in_process_executor if is_embedded(clickhouse_url) else dg.multiprocess_executor
+def build_executor(clickhouse_url: str, executor: str = "in_process") -> dg.ExecutorDefinition:
+    """How a run's table ops execute (SYNC_EXECUTOR). `in_process`, the default: one after the
+    other in the run's process, on one connection to each database; an incremental step
+    takes milliseconds, so a run of hundreds of tables spends its time starting processes
+    otherwise. `multiprocess`: each table's op in a process of its own, SYNC_MAX_CONCURRENT
+    at a time, for a few large tables whose loads should overlap. chDB opens its directory
+    in one process only, so embedded runs are always in-process."""
+    if executor not in {"in_process", "multiprocess"}:
+        raise SyncError(f"SYNC_EXECUTOR must be in_process or multiprocess, not {executor!r}.")
+    if executor == "in_process" or is_embedded(clickhouse_url):
+        return dg.in_process_executor
+    concurrency = int(os.environ.get("SYNC_MAX_CONCURRENT", "4"))
+    return dg.multiprocess_executor.configured({"max_concurrent": concurrency})

@@ -35,6 +35,9 @@ from user_code.sync.target_table import TargetTable
 from user_code.sync.validate import validate_source
 from user_code.sync.watermark import Cursor, as_utc, latest
 
+# A long load says how far it got this often; a short one only in its step's metadata (each
+# log line is an event Dagster stores, and a run of many tables has many short steps).
+PROGRESS_EVERY_S = 5.0
 # The table a replace loads before it is swapped in: `<table>__pg2ch_staging`.
 STAGING_SUFFIX = "__pg2ch_staging"
 
@@ -192,6 +195,7 @@ class TableSync:
         if cursor is not None and cursor.start is not None:
             loaded = loaded_row_keys(self.clickhouse, target, cursor.start)
         rows_read = rows_written = 0
+        reported = 0.0
         created_at = updated_at = None
         with closing(batches):
             for batch in batches:
@@ -203,10 +207,12 @@ class TableSync:
                     insert_batch(self.clickhouse, target, fresh, self.settings.soft_delete)
                     rows_written += fresh.num_rows
                 elapsed = time.monotonic() - started
-                self.progress(
-                    f"{self.settings.source}: {rows_read} rows read, {rows_written} written "
-                    f"({rows_read / elapsed:,.0f} rows/s)"
-                )
+                if elapsed >= reported + PROGRESS_EVERY_S:
+                    reported = elapsed
+                    self.progress(
+                        f"{self.settings.source}: {rows_read:,} rows read, {rows_written:,} "
+                        f"written ({rows_read / elapsed:,.0f} rows/s)"
+                    )
         held_back = cursor.held_back if cursor else timedelta(0)
         seconds = time.monotonic() - started
         return StepResult(

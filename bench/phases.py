@@ -23,6 +23,7 @@ from demo.seed import insert_customers, update_customers
 from user_code.config import DEMO_CONFIG, parse_sync_config
 from user_code.plan import plan_tables
 from user_code.sync.catalog import relation_pages
+from user_code.sync.ddl import create_table_sql
 from user_code.sync.load import count_live_rows
 from user_code.sync.postgres import connect, count_rows, fetch_all
 from user_code.sync.snapshot import page_ranges
@@ -77,7 +78,7 @@ def native_load(client: Client, target: TargetTable, pg_url: str) -> Timing:
     host = f"{parse_qs(url.query)['host'][0]}:{url.port or 5432}"
     client.command(f"DROP TABLE IF EXISTS {target.qualified_name} SYNC")
     client.command(f"CREATE DATABASE IF NOT EXISTS {quote_ch_name(target.database)}")
-    client.command(target.create_sql())
+    client.command(create_table_sql(target))
     started, cpu = time.monotonic(), cpu_seconds()
     client.command(
         f"INSERT INTO {target.qualified_name} SELECT *, 0 FROM postgresql("
@@ -110,7 +111,7 @@ def partition_sweep(table: TableSync, pg_url: str, rows: int, native_seconds: fl
     copies: dict[int, list[float]] = {partitions: [] for partitions in SWEEP}
     for _ in range(SWEEP_REPEATS):
         for partitions in SWEEP:
-            spec = dataclasses.replace(SPEC.settings, snapshot_partitions=partitions)
+            spec = dataclasses.replace(SPEC.table_settings, snapshot_partitions=partitions)
             partitioned = TableSync(
                 spec, table.postgres, table.clickhouse, "pg2ch", postgres_url=pg_url
             )
@@ -188,7 +189,7 @@ def explain(table: TableSync, created_at: datetime, updated_at: datetime) -> dic
 def run(pg_url: str, chdb_dir: str, rows: int, sweep: bool) -> dict:
     client = clickhouse_connect.get_client(dsn=f"chdb://{chdb_dir}")
     with connect(pg_url) as postgres:
-        table = TableSync(SPEC.settings, postgres, client, "pg2ch", postgres_url=pg_url)
+        table = TableSync(SPEC.table_settings, postgres, client, "pg2ch", postgres_url=pg_url)
         native_target = dataclasses.replace(table.target, database="native")
         baseline_rss = peak_rss_mb()
         loads: list[Timing] = []

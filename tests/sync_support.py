@@ -56,7 +56,7 @@ def compare(config: Plan) -> Comparison:
     """Postgres against ClickHouse `FINAL`, every column of every row of the first table."""
     clickhouse = ClickHouseResource(url=os.environ["CLICKHOUSE_URL"])
     with connect(os.environ["PG_URL"]) as connection, clickhouse.get_client() as client:
-        table = TableSync(config.tables[0].settings, connection, client, clickhouse.database)
+        table = TableSync(config.tables[0].table_settings, connection, client, clickhouse.database)
         return table.compare_content()
 
 

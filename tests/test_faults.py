@@ -132,7 +132,7 @@ def test_partitioned_snapshot_is_one_instant_while_writes_commit(
             insert_customers(writer, 200)
 
     monkeypatch.setattr(table_sync, "share_snapshot", share_then_write)
-    settings = config.tables[0].settings
+    settings = config.tables[0].table_settings
     table = TableSync(settings, customers, ch, clickhouse.database, postgres_url=pg_url)
     table.prepare()
     result = table.snapshot()

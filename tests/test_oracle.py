@@ -59,7 +59,7 @@ def _readings(pg, ch, clickhouse) -> TableSync:
         for statement in READINGS:
             cursor.execute(statement)
     pg.commit()
-    settings = demo_config(source="public.readings").tables[0].settings
+    settings = demo_config(source="public.readings").tables[0].table_settings
     return TableSync(settings, pg, ch, clickhouse.database)
 
 

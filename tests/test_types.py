@@ -94,7 +94,9 @@ def _create_source(pg, column_type: str, literals: list[str]) -> None:
 
 
 def _table_sync(pg, ch, clickhouse, **options) -> TableSync:
-    settings = demo_config(source="public.t", primary_key=["id"], **options).tables[0].settings
+    settings = (
+        demo_config(source="public.t", primary_key=["id"], **options).tables[0].table_settings
+    )
     return TableSync(settings, pg, ch, clickhouse.database)
 
 

@@ -20,6 +20,7 @@ from user_code.sync import streaming, table_sync
 from user_code.sync.discovery import list_tables
 from user_code.sync.errors import SyncError
 from user_code.sync.postgres import connect
+from user_code.sync.rebuild import replace_whole
 from user_code.sync.table_sync import TableSync
 
 SHOP = [
@@ -261,9 +262,9 @@ def codes(shop, ch, clickhouse, monkeypatch) -> TableSync:
     (spec,) = plan(
         shop, {"defaults": {"mode": "auto"}, "tables": [{"source": "shop.codes"}]}
     ).tables
-    table = TableSync(spec.settings, shop, ch, clickhouse.database)
+    table = TableSync(spec.table_settings, shop, ch, clickhouse.database)
     table.prepare()
-    table.replace()
+    replace_whole(table)
     execute(
         shop,
         "INSERT INTO shop.codes SELECT g, 'new' FROM generate_series(3001, 4000) g",
@@ -296,7 +297,7 @@ def test_readers_see_the_old_table_or_the_new_one_while_a_replace_runs(codes, cl
     try:
         reading.wait(timeout=30)
         started = time.monotonic()
-        result = codes.replace()
+        result = replace_whole(codes)
         ended = time.monotonic()
     finally:
         done.set()
@@ -319,11 +320,11 @@ def test_a_replace_cut_short_leaves_the_old_table_serving(codes, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(table_sync, "insert_batch", insert_then_crash)
         with pytest.raises(ConnectionError):
-            codes.replace()
+            replace_whole(codes)
     assert live_rows(codes.clickhouse, codes) == 3000  # the old table, whole
     assert not codes.compare_content().equal  # and not yet the new content
 
-    codes.replace()
+    replace_whole(codes)
     assert live_rows(codes.clickhouse, codes) == 4000
     assert codes.compare_content().equal
     tables = codes.clickhouse.query(

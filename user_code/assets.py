@@ -19,6 +19,7 @@ from user_code.resources import ClickHouseResource, PostgresResource, open_table
 from user_code.state import TableKeys
 from user_code.steps import Materialization, TableSteps
 from user_code.sync.errors import ConnectionFailed, SyncError
+from user_code.sync.prepare import Prepared
 
 SYNC_RETRY_POLICY = dg.RetryPolicy(
     max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
@@ -27,7 +28,8 @@ SYNC_RETRY_POLICY = dg.RetryPolicy(
 
 class SyncRunConfig(dg.Config):
     full_refresh: bool = False
-    """Take a new snapshot even though the table was loaded before."""
+    """Take a new snapshot even though the table was loaded before: into a new table swapped in
+    for the old one (a table pg2ch created), or into the table itself (one you created)."""
 
 
 def _sync_table(
@@ -41,19 +43,43 @@ def _sync_table(
     selected = context.selected_asset_keys
     with open_table(spec, postgres, clickhouse, context.log.info) as table:
         steps = TableSteps(context.instance, spec, keys, table)
-        was_loaded = steps.prepare()
+        prepared = steps.prepare()
         if spec.mode == "replace":
             if keys.snapshot in selected:
                 yield steps.snapshot()
         else:
-            if keys.initial_load in selected and (config.full_refresh or not was_loaded):
-                context.log.info(f"{spec.source}: initial load into {table.target.qualified_name}")
-                yield steps.initial_load()
-            if keys.new_records in selected:
-                yield steps.new_records()
-            if spec.mode == "incremental" and keys.updates in selected:
-                yield steps.updates()
+            yield from _load_steps(context, spec, keys, config, steps, prepared)
         yield from evaluate_sync_checks(context, spec, keys, table)
+
+
+def _load_steps(
+    context: dg.AssetExecutionContext,
+    spec: TableSpec,
+    keys: TableKeys,
+    config: SyncRunConfig,
+    steps: TableSteps,
+    prepared: Prepared,
+) -> Iterator[Materialization]:
+    """The initial load (or a rebuild, where the table must change), then the incremental
+    steps. A full refresh of a table pg2ch created is a rebuild: readers keep the old table
+    until the new one is complete."""
+    selected = context.selected_asset_keys
+    rebuild = prepared.rebuild
+    if config.full_refresh and not prepared.created and not prepared.adopted:
+        rebuild = rebuild or "full_refresh"
+    if rebuild and keys.initial_load not in selected:
+        raise SyncError(f"{spec.source}: the ClickHouse table needs a rebuild ({rebuild}); "
+                        f"run {keys.initial_load.to_user_string()} with it.")  # fmt: skip
+    if rebuild:
+        context.log.info(f"{spec.source}: rebuilding {spec.target} beside the old one: {rebuild}")
+        yield steps.initial_load(rebuild_because=rebuild)
+    elif keys.initial_load in selected and (config.full_refresh or not steps.was_loaded(prepared)):
+        context.log.info(f"{spec.source}: initial load into {spec.target}")
+        yield steps.initial_load()
+    if keys.new_records in selected:
+        yield steps.new_records()
+    if spec.mode == "incremental" and keys.updates in selected:
+        yield steps.updates()
 
 
 def _pool(spec: TableSpec) -> str:

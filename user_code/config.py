@@ -28,6 +28,7 @@ from pydantic_core import ErrorDetails
 from user_code.sync.errors import SyncError
 from user_code.sync.postgres_names import split_table_name
 from user_code.sync.settings import TableSettings
+from user_code.sync.target_table import Layout
 
 # Reads also start no later than the oldest transaction open at the previous read (see
 # user_code/sync/watermark.py), which covers rows stamped by the database clock however long
@@ -88,6 +89,18 @@ class TableOptions(BaseModel):
     )
     freshness_limit: timedelta | None = Field(
         None, description="largest lag before the freshness check fails"
+    )
+    order_by: list[str] | None = Field(
+        None, min_length=1, description="ClickHouse sorting key; must end with the primary key"
+    )
+    partition_by: str | None = Field(None, description="ClickHouse PARTITION BY expression")
+    settings: dict[str, int | float | str | bool] | None = Field(
+        None, description="table-level MergeTree settings"
+    )
+    on_schema_change: Literal["stop", "rebuild"] | None = Field(
+        None,
+        description="a column dropped or retyped in Postgres: stop with the column named, or "
+        "rebuild the ClickHouse table beside the old one and swap it in",
     )
 
     @field_validator("lookback", "freshness_limit")
@@ -190,6 +203,21 @@ class TableSpec(BaseModel):
     lookback: timedelta = DEFAULT_LOOKBACK
     snapshot_partitions: int = Field(1, ge=1, le=MAX_SNAPSHOT_PARTITIONS)
     freshness_limit: timedelta = timedelta(minutes=30)
+    order_by: list[str] | None = None  # None: the primary key
+    partition_by: str | None = None
+    settings: dict[str, int | float | str | bool] | None = None
+    on_schema_change: Literal["stop", "rebuild"] = "stop"
+
+    @model_validator(mode="after")
+    def _sorting_key_ends_with_the_primary_key(self) -> "TableSpec":
+        """ReplacingMergeTree keeps one row per sorting key: a key that did not end with the
+        primary key would merge rows of different keys, or keep a row twice."""
+        if self.order_by and self.order_by[-len(self.primary_key) :] != self.primary_key:
+            raise ValueError(
+                f"order_by {self.order_by} must end with the primary key {self.primary_key}, "
+                "in that order"
+            )
+        return self
 
     @model_validator(mode="after")
     def _cursors_of_the_mode(self) -> "TableSpec":
@@ -217,7 +245,7 @@ class TableSpec(BaseModel):
         return [column for column in (self.created_at, self.updated_at) if column]
 
     @property
-    def settings(self) -> TableSettings:
+    def table_settings(self) -> TableSettings:
         """This table as the sync engine takes it."""
         return TableSettings(
             source=self.source,
@@ -228,6 +256,12 @@ class TableSpec(BaseModel):
             soft_delete=self.soft_delete,
             null_arrays_as_empty=self.nullable_arrays == "array",
             snapshot_partitions=self.snapshot_partitions,
+            layout=Layout(
+                order_by=tuple(self.order_by or ()),
+                partition_by=self.partition_by,
+                settings=tuple(sorted((self.settings or {}).items())),
+            ),
+            rebuild_on_schema_change=self.on_schema_change == "rebuild",
         )
 
 

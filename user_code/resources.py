@@ -76,6 +76,9 @@ class ClickHouseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     url: str = Field(
         description="http(s)://user:pass@host:8123/database, or chdb:///dir?database=name"
     )
+    cluster: str = Field(
+        "", description="a ClickHouse cluster for DDL (ON CLUSTER, replicated tables); '' none"
+    )
     _shared: Client | None = PrivateAttr(default=None)
     _in_run: bool = PrivateAttr(default=False)
 
@@ -137,14 +140,23 @@ def open_table(
 ) -> Iterator[TableSync]:
     """One table's sync engine, on the connections of both resources."""
     with postgres.connect() as connection, clickhouse.get_client() as client:
-        database = clickhouse.database
-        yield TableSync(spec.settings, connection, client, database, progress, postgres.url)
+        yield TableSync(
+            spec.table_settings,
+            connection,
+            client,
+            clickhouse.database,
+            progress,
+            postgres.url,
+            clickhouse.cluster or None,
+        )
 
 
 def build_resources() -> dict[str, PostgresResource | ClickHouseResource]:
     return {
         "postgres": PostgresResource(url=dg.EnvVar("PG_URL")),
-        "clickhouse": ClickHouseResource(url=dg.EnvVar("CLICKHOUSE_URL")),
+        "clickhouse": ClickHouseResource(
+            url=dg.EnvVar("CLICKHOUSE_URL"), cluster=os.environ.get("CLICKHOUSE_CLUSTER", "")
+        ),
     }
 
 

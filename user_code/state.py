@@ -154,7 +154,7 @@ def lag(source_latest: datetime | None, watermark: datetime | None) -> timedelta
 
 
 def step_metadata(
-    result: StepResult, table_name: str, **stored: datetime | float | None
+    result: StepResult, table_name: str, **stored: datetime | float | str | None
 ) -> dict[str, dg.MetadataValue]:
     """A step's figures for the UI's plots, and `stored` (watermarks as exact UTC text)."""
     metadata: dict[str, dg.MetadataValue] = {
@@ -168,6 +168,8 @@ def step_metadata(
     for name, value in {**stored, OPEN_SINCE: result.open_since}.items():
         if isinstance(value, datetime):
             metadata[name] = dg.MetadataValue.text(str(to_text(value)))
+        elif isinstance(value, str):
+            metadata[name] = dg.MetadataValue.text(value)
         elif value is not None:
             metadata[name] = dg.MetadataValue.float(value)
     return metadata

@@ -24,6 +24,8 @@ from user_code.state import (
 )
 from user_code.sync.load import count_live_rows
 from user_code.sync.postgres import latest_timestamps
+from user_code.sync.prepare import Prepared
+from user_code.sync.rebuild import drop_leftovers, rebuild, replace_whole
 from user_code.sync.table_sync import StepResult, TableSync
 from user_code.sync.watermark import Cursor
 
@@ -41,19 +43,31 @@ class TableSteps:
         self.events = latest_materializations(instance, [keys])
         self.created, self.updated = cursors_of(self.events, keys)
 
-    def prepare(self) -> bool:
-        """Create or update the ClickHouse table; True when it holds an initial load already."""
-        created = self.table.prepare()
-        return not created and self.events.get(self.keys.initial_load) is not None
+    def prepare(self) -> Prepared:
+        """The ClickHouse table made ready for the steps (see user_code/sync/prepare.py)."""
+        prepared = self.table.prepare()
+        if prepared.rebuild is None and self.spec.mode != "replace":
+            drop_leftovers(self.table)
+        return prepared
 
-    def initial_load(self) -> Materialization:
-        result = self.table.snapshot()
+    def was_loaded(self, prepared: Prepared) -> bool:
+        """Whether the table holds an initial load already."""
+        return not prepared.created and self.events.get(self.keys.initial_load) is not None
+
+    def initial_load(self, rebuild_because: str | None = None) -> Materialization:
+        """The snapshot into the table readers use, or, given a reason, a rebuild beside it."""
+        if rebuild_because is None:
+            result = self.table.snapshot()
+        else:
+            result = rebuild(self.table, self.spec.lookback)
         self.created = self.created.advanced(result.created_at, result)
         self.updated = self.updated.advanced(result.updated_at, result)
         stored = {CREATED_AT_WATERMARK: self.created.watermark}
         if self.spec.updated_at:
             stored[UPDATED_AT_WATERMARK] = self.updated.watermark
-        return self._materialization(self.keys.initial_load, result, **stored)
+        return self._materialization(
+            self.keys.initial_load, result, rebuilt_because=rebuild_because, **stored
+        )
 
     def new_records(self) -> Materialization:
         assert self.spec.created_at, "new records are found by created_at"
@@ -79,13 +93,13 @@ class TableSteps:
         )
 
     def snapshot(self) -> Materialization:
-        return self._materialization(self.keys.snapshot, self.table.replace())
+        return self._materialization(self.keys.snapshot, replace_whole(self.table))
 
     def _cursor(self, column: str, stored: StoredCursor) -> Cursor:
         return Cursor(column, stored.watermark, self.spec.lookback, stored.open_since)
 
     def _materialization(
-        self, key: dg.AssetKey, result: StepResult, **stored: datetime | float | None
+        self, key: dg.AssetKey, result: StepResult, **stored: datetime | float | str | None
     ) -> Materialization:
         target = self.table.target
         metadata = step_metadata(result, target.qualified_name, **stored)

@@ -22,8 +22,8 @@ def test_a_table_gets_the_engine_settings_it_declares():
     spec = plan_tables(parse_sync_config({"tables": [{**TABLE, "lookback": "PT2M"}]})).tables[0]
     assert spec.lookback == timedelta(minutes=2)
     assert spec.target_table == "customers"
-    assert spec.settings.primary_key == ("id",)
-    assert spec.settings.null_arrays_as_empty is False
+    assert spec.table_settings.primary_key == ("id",)
+    assert spec.table_settings.null_arrays_as_empty is False
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,9 @@
 """The SQL each engine is sent, read as text: the cursor query, the DDL, the live-row filter."""
 
+import pytest
+
+from user_code.sync.ddl import create_table_sql
+from user_code.sync.prepare import key_columns
 from user_code.sync.source_table import SourceTable
 from user_code.sync.target_table import TargetTable
 from user_code.sync.types import PgColumn, PgType, map_column
@@ -37,8 +41,28 @@ def test_live_rows_by_soft_delete_column_kind():
 
 def test_table_is_replacing_merge_tree_versioned_by_updated_at_ordered_by_the_key():
     target = TargetTable("analytics", "orders", SOURCE.mappings, ("id",), "updated_at")
-    ddl = target.create_sql()
+    ddl = create_table_sql(target)
     assert ddl.startswith("CREATE TABLE IF NOT EXISTS `analytics`.`orders` (")
     assert "`tags` Array(Nullable(String))" in ddl
     assert "`_is_deleted` UInt8 DEFAULT 0" in ddl
-    assert ddl.endswith("ENGINE = ReplacingMergeTree(`updated_at`, `_is_deleted`)\nORDER BY (`id`)")
+    assert ddl.endswith(
+        "ENGINE = ReplacingMergeTree(`updated_at`, `_is_deleted`)\nORDER BY (`id`)\n"
+        "COMMENT 'synced by pg2ch'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("sorting_key", "columns"),
+    [
+        ("id", ("id",)),
+        ("(id)", ("id",)),
+        ("tenant, id", ("tenant", "id")),
+        ("(`tenant`, `id`)", ("tenant", "id")),
+        (
+            "toYYYYMM(created_at), intDiv(id, 10), id",
+            ("toYYYYMM(created_at)", "intDiv(id, 10)", "id"),
+        ),
+    ],
+)
+def test_sorting_keys_as_clickhouse_reports_them(sorting_key, columns):
+    assert key_columns(sorting_key) == columns

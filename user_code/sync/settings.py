@@ -1,7 +1,9 @@
 """What the engine needs to know of one table, whatever configuration it came from."""
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from user_code.sync.target_table import Layout
 
 # Where the engine reports progress (a run's log); `no_progress` where nobody listens.
 Progress = Callable[[str], None]
@@ -25,6 +27,8 @@ class TableSettings:
     soft_delete: str | None = None
     null_arrays_as_empty: bool = False  # nullable arrays as native Arrays, not JSON text
     snapshot_partitions: int = 1  # connections reading the initial snapshot side by side
+    layout: Layout = field(default_factory=Layout)  # the ClickHouse table's sorting, partitions
+    rebuild_on_schema_change: bool = False  # a dropped or retyped column: rebuild, not stop
 
     @property
     def version_column(self) -> str | None:

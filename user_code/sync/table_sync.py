@@ -16,16 +16,16 @@ from user_code.sync.compare import Comparison, compare_content
 from user_code.sync.deletes import Reconciliation, reconcile_deletes
 from user_code.sync.errors import SyncError
 from user_code.sync.keys import PrimaryKey
-from user_code.sync.load import (
-    create_table,
-    drop_table,
-    ensure_table,
-    existing_columns,
-    insert_batch,
-    swap_in,
-)
+from user_code.sync.load import insert_batch
 from user_code.sync.open_transactions import OpenTransactions, open_transactions
 from user_code.sync.postgres import connect, count_rows
+from user_code.sync.prepare import (
+    Prepared,
+    create_table,
+    existing_table,
+    prepare_table,
+    replicated_database,
+)
 from user_code.sync.reread import loaded_row_keys, without_loaded_rows
 from user_code.sync.settings import Progress, TableSettings, no_progress
 from user_code.sync.snapshot import page_ranges, share_snapshot
@@ -38,8 +38,6 @@ from user_code.sync.watermark import Cursor, as_utc, latest
 # A long load says how far it got this often; a short one only in its step's metadata (each
 # log line is an event Dagster stores, and a run of many tables has many short steps).
 PROGRESS_EVERY_S = 5.0
-# The table a replace loads before it is swapped in: `<table>__pg2ch_staging`.
-STAGING_SUFFIX = "__pg2ch_staging"
 
 
 @dataclass(frozen=True)
@@ -66,8 +64,10 @@ class TableSync:
         database: str,
         progress: Progress = no_progress,
         postgres_url: str | None = None,
+        cluster: str | None = None,
     ):
-        """`postgres_url` opens the connections of a partitioned snapshot's other partitions."""
+        """`postgres_url` opens the connections of a partitioned snapshot's other partitions;
+        `cluster` is the ClickHouse cluster DDL runs on (CLICKHOUSE_CLUSTER)."""
         self.settings = settings
         self.postgres = postgres
         self.postgres_url = postgres_url
@@ -84,16 +84,22 @@ class TableSync:
             columns=self.source.mappings,
             primary_key=settings.primary_key,
             version_column=settings.version_column,
+            layout=settings.layout,
+            cluster=cluster,
         )
 
-    def prepare(self) -> bool:
-        """Create or update the ClickHouse table; True when it did not exist. A table replaced
-        whole takes the source's columns as they are at each replace."""
+    def prepare(self) -> Prepared:
+        """The ClickHouse table made ready for the steps (see prepare.py). A table replaced
+        whole takes the source's columns and layout as they are at each replace."""
+        cluster = self.target.cluster
+        if cluster and replicated_database(self.clickhouse, self.target.database):
+            self.target = replace(self.target, cluster=None)
         if self.settings.replaces:
-            created = not existing_columns(self.clickhouse, self.target)
-            create_table(self.clickhouse, self.target)
-            return created
-        return ensure_table(self.clickhouse, self.target)
+            created = existing_table(self.clickhouse, self.target) is None
+            if created:
+                create_table(self.clickhouse, self.target)
+            return Prepared(created=created)
+        return prepare_table(self.clickhouse, self.target, self.settings.rebuild_on_schema_change)
 
     def snapshot(self, into: TargetTable | None = None) -> StepResult:
         """The whole table at one instant, read in `snapshot_partitions` ranges side by side,
@@ -123,35 +129,27 @@ class TableSync:
             ]
             return self._load(read_ahead(*sources), None, transactions, into or self.target)
 
-    def replace(self) -> StepResult:
-        """The whole table loaded into a table of its own, then swapped in for the one readers
-        use: they see the old content or the new, never an empty or partial table. A load cut
-        short leaves its table behind, unused; the next replace drops it and starts again."""
-        staging = replace(self.target, name=f"{self.target.name}{STAGING_SUFFIX}")
-        drop_table(self.clickhouse, staging)
-        create_table(self.clickhouse, staging)
-        result = self.snapshot(into=staging)
-        swap_in(self.clickhouse, self.target, staging)
-        return result
-
-    def new_records(self, cursor: Cursor) -> StepResult:
+    def new_records(self, cursor: Cursor, into: TargetTable | None = None) -> StepResult:
         cursor = self._in_column_terms(cursor)
         if cursor.start is None:
-            return self.snapshot()
+            return self.snapshot(into)
         sql = self.source.cursor_sql(cursor.column)
-        return self._read_from(cursor, sql, (self.source.bind(cursor.column, cursor.start),))
+        start = self.source.bind(cursor.column, cursor.start)
+        return self._read_from(cursor, sql, (start,), into)
 
-    def updates(self, cursor: Cursor, created_up_to: datetime | None) -> StepResult:
+    def updates(
+        self, cursor: Cursor, created_up_to: datetime | None, into: TargetTable | None = None
+    ) -> StepResult:
         """Rows changed since the cursor among those created up to the new-records watermark."""
         cursor = self._in_column_terms(cursor)
         if cursor.start is None:
-            return self.snapshot()
+            return self.snapshot(into)
         start = self.source.bind(cursor.column, cursor.start)
         if created_up_to is None or self.settings.created_at is None:
-            return self._read_from(cursor, self.source.cursor_sql(cursor.column), (start,))
+            return self._read_from(cursor, self.source.cursor_sql(cursor.column), (start,), into)
         sql = self.source.cursor_sql(cursor.column, self.settings.created_at)
         bound = self.source.bind(self.settings.created_at, created_up_to)
-        return self._read_from(cursor, sql, (start, bound))
+        return self._read_from(cursor, sql, (start, bound), into)
 
     def _in_column_terms(self, cursor: Cursor) -> Cursor:
         """The cursor with its stored open-transaction time as the column's values express it."""
@@ -174,11 +172,17 @@ class TableSync:
             self._told_unseen = True
         return transactions
 
-    def _read_from(self, cursor: Cursor, sql: str, parameters: tuple[Any, ...]) -> StepResult:
+    def _read_from(
+        self,
+        cursor: Cursor,
+        sql: str,
+        parameters: tuple[Any, ...],
+        into: TargetTable | None = None,
+    ) -> StepResult:
         """Read the cursor query `sql` into ClickHouse, its start bound as a parameter."""
         transactions = self._open_transactions()
         batches = read_ahead(self.source.read(self.postgres, sql, parameters))
-        return self._load(batches, cursor, transactions)
+        return self._load(batches, cursor, transactions, into)
 
     def _load(
         self,

@@ -1,11 +1,13 @@
-"""The ClickHouse table of one source table: its name, its columns and its DDL."""
+"""The ClickHouse table of one source table: its name, columns, key, version and layout."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from user_code.sync.types import ColumnMapping
 
 # The column pg2ch adds to every table: 1 marks a row deleted in the source.
 DELETED_COLUMN = "_is_deleted"
+
+SettingValue = int | float | str | bool
 
 
 def quote_ch_name(name: str) -> str:
@@ -14,6 +16,17 @@ def quote_ch_name(name: str) -> str:
 
 # Rows ClickHouse serves: read with FINAL, deletions left out.
 LIVE_ROWS = f"{quote_ch_name(DELETED_COLUMN)} = 0"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the user wants the table stored. Columns in `order_by` and `partition_by` must never
+    change for a row: ReplacingMergeTree replaces a row's versions only within one sorting key
+    and one partition, so a row whose key columns change is kept twice."""
+
+    order_by: tuple[str, ...] = ()  # the sorting key; () is the primary key alone
+    partition_by: str | None = None  # a ClickHouse expression
+    settings: tuple[tuple[str, SettingValue], ...] = ()  # table-level MergeTree settings
 
 
 @dataclass(frozen=True)
@@ -31,19 +44,13 @@ class TargetTable:
     columns: tuple[ColumnMapping, ...]
     primary_key: tuple[str, ...]
     version_column: str | None
+    layout: Layout = field(default_factory=Layout)
+    cluster: str | None = None  # DDL ON CLUSTER, replicated engine
 
     @property
     def qualified_name(self) -> str:
         return f"{quote_ch_name(self.database)}.{quote_ch_name(self.name)}"
 
-    def create_sql(self) -> str:
-        columns = ",\n  ".join(f"{quote_ch_name(c.name)} {c.clickhouse_type}" for c in self.columns)
-        order_by = ", ".join(quote_ch_name(k) for k in self.primary_key)
-        deleted = quote_ch_name(DELETED_COLUMN)
-        version = f"{quote_ch_name(self.version_column)}, {deleted}" if self.version_column else ""
-        return (
-            f"CREATE TABLE IF NOT EXISTS {self.qualified_name} (\n  {columns},\n"
-            f"  {deleted} UInt8 DEFAULT 0\n)\n"
-            f"ENGINE = ReplacingMergeTree({version})\n"
-            f"ORDER BY ({order_by})"
-        )
+    @property
+    def sorting_key(self) -> tuple[str, ...]:
+        return self.layout.order_by or self.primary_key

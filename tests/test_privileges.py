@@ -1,7 +1,7 @@
 """What the sync sends to ClickHouse stays within the least-privileged user k8s/ creates.
 
 Every statement of a sync (initial load, new records, updates, an added column, soft and hard
-deletes, a table in append mode and one replaced whole on every run) and of
+deletes, a table in append mode and one replaced whole on every run, a rebuild) and of
 `verify_clickhouse` (tombstones, content comparison) is recorded on its way to
 chDB and mapped to the privilege it needs; each must be granted to the `sync` user in
 k8s/clickhouse.yaml, on its own database only. (chDB checks no grants itself; a ClickHouse
@@ -21,6 +21,7 @@ from demo.seed import insert_customers
 from user_code.config import parse_sync_config
 from user_code.plan import Plan, plan_tables
 from user_code.resources import ClickHouseResource
+from user_code.sync.rebuild import REBUILD_SUFFIX
 
 
 class RecordingClient:
@@ -120,6 +121,7 @@ def test_sync_and_verify_send_only_what_the_sync_user_may_run(
         customers.commit()
         insert_customers(customers, 5)
         run_sync(instance, config)
+        run_sync(instance, config, full_refresh=True)  # a rebuild beside the live table
         verify = run_sync(instance, config, job_name="verify_clickhouse")
     failed = [c for c in verify.get_asset_check_evaluations() if not c.passed]
     assert not failed, [(c.asset_key, c.check_name, c.metadata) for c in failed]
@@ -128,6 +130,7 @@ def test_sync_and_verify_send_only_what_the_sync_user_may_run(
     needed = {privilege for sql in statements for privilege in privileges(sql)}
     assert needed <= allowed, f"not granted in k8s/clickhouse.yaml: {needed - allowed}"
     assert {"CREATE TABLE", "ALTER", "INSERT", "SELECT"} <= needed  # the recording works
+    assert any(s.startswith("EXCHANGE") and REBUILD_SUFFIX in s for s in statements)
     for sql in statements:
         for name in re.findall(r"`([^`]+)`\.`", sql):
             assert name == clickhouse.database, f"a statement outside its database: {sql}"

@@ -142,6 +142,7 @@ def build_content_checksum(spec: TableSpec) -> dg.AssetChecksDefinition:
                 "postgres_rows": comparison.postgres_rows,
                 "clickhouse_rows": comparison.clickhouse_rows,
                 "differing_columns": comparison.differing_columns,
+                "duplicate_keys": [str(key) for key in comparison.duplicate_keys[:20]],
                 "differing_key_ranges": [str(r) for r in comparison.differing_ranges[:20]],
             },
         )

@@ -1,5 +1,7 @@
 """The plan: which tables are synced, each with its key, mode, cursors and ClickHouse table, and
-which are skipped and why. `python -m user_code.plan` prints it.
+which are skipped and why. `python -m user_code.plan` prints it; with `--ddl`, the CREATE TABLE
+for each table, as pg2ch would create it but for its comment: run as printed, or changed within
+what pg2ch accepts, it makes a table of the user's, which pg2ch fills and never rebuilds.
 
 Settings are resolved per table, later over earlier: built-in defaults, then `defaults` (a
 field naming a column only where the table has that column), then every entry of `tables`
@@ -8,6 +10,7 @@ to find), every matched table is checked against it here, and one that cannot be
 its mode is skipped with the reason; otherwise the checks happen when a run starts.
 """
 
+import argparse
 import os
 import re
 import sys
@@ -16,10 +19,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from user_code.config import PLAIN_NAME, SyncConfig, TableEntry, TableSpec, load_sync_config
+from user_code.resources import ClickHouseResource
+from user_code.sync.ddl import create_table_sql
 from user_code.sync.discovery import CatalogTable, list_tables
 from user_code.sync.errors import SyncError
 from user_code.sync.postgres import connect
 from user_code.sync.postgres_names import split_table_name
+from user_code.sync.source_table import SourceTable
+from user_code.sync.table_sync import target_table_for
 from user_code.sync.types import RULES
 
 _TIMESTAMPS = {"timestamp", "timestamptz"}
@@ -201,9 +208,41 @@ def load_plan(config: SyncConfig | None = None, pg_url: str | None = None) -> Pl
         return plan_tables(config, list_tables(connection))
 
 
+def create_statements(plan: Plan, pg_url: str, clickhouse: ClickHouseResource) -> str:
+    """The CREATE TABLE of each planned table, as a table of the user's."""
+    statements = []
+    with connect(pg_url) as connection:
+        for spec in plan.tables:
+            settings = spec.table_settings
+            source = SourceTable.from_catalog(
+                connection, settings.source, settings.null_arrays_as_empty
+            )
+            target = target_table_for(
+                settings, source, clickhouse.database, clickhouse.cluster or None
+            )
+            statements.append(create_table_sql(target, comment=None) + ";")
+    return "\n\n".join(statements)
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m user_code.plan", description=__doc__)
+    parser.add_argument(
+        "--ddl", action="store_true", help="print the CREATE TABLE of each planned table"
+    )
+    arguments = parser.parse_args()
     try:
-        print(describe(load_plan()))
+        plan = load_plan()
+        if not arguments.ddl:
+            print(describe(plan))
+            return 0
+        pg_url = os.environ.get("PG_URL")
+        if not pg_url:
+            raise SyncError("--ddl reads each table's columns from Postgres: set PG_URL.")
+        clickhouse = ClickHouseResource(
+            url=os.environ.get("CLICKHOUSE_URL", "chdb:///?database=default"),
+            cluster=os.environ.get("CLICKHOUSE_CLUSTER", ""),
+        )
+        print(create_statements(plan, pg_url, clickhouse))
     except SyncError as error:
         print(f"pg2ch: {error}", file=sys.stderr)
         return 1

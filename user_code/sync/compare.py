@@ -8,7 +8,8 @@ differing counts mean rows missing on one side. The live rows of the whole table
 on both sides as well, which catches Postgres rows whose keys ClickHouse never received.
 """
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import adbc_driver_postgresql.dbapi as adbc
 from clickhouse_connect.driver.client import Client
@@ -39,10 +40,17 @@ class Comparison:
     clickhouse_rows: int  # live rows, each compared with its Postgres row
     postgres_rows: int
     differing_ranges: list[RangeDifference]
+    # Keys ClickHouse serves more than once (FINAL): a row whose `order_by` or `partition_by`
+    # columns changed is kept under its old sorting key or partition as well as its new one.
+    duplicate_keys: list[Key] = field(default_factory=list)
 
     @property
     def equal(self) -> bool:
-        return self.postgres_rows == self.clickhouse_rows and not self.differing_ranges
+        return (
+            self.postgres_rows == self.clickhouse_rows
+            and not self.differing_ranges
+            and not self.duplicate_keys
+        )
 
     @property
     def differing_columns(self) -> list[str]:
@@ -114,7 +122,9 @@ def compare_content(
     hashes = _RangeHashes(primary_key, postgres_live_rows)
     compared = 0
     differing: list[RangeDifference] = []
+    duplicates: list[Key] = []
     for keys in primary_key.live_key_chunks(client):
+        duplicates += [key for key, times in Counter(keys).items() if times > 1]
         expected = hashes.postgres(connection, keys)
         actual = hashes.clickhouse(client, keys)
         compared += len(keys)
@@ -125,4 +135,4 @@ def compare_content(
                 if want != got
             )
             differing.append(RangeDifference(keys[0], keys[-1], expected[0], actual[0], columns))
-    return Comparison(compared, postgres_rows, differing)
+    return Comparison(compared, postgres_rows, differing, duplicates)

@@ -3,7 +3,7 @@
 With CLICKHOUSE_CLUSTER set, every statement runs `ON CLUSTER` and tables are
 `ReplicatedReplacingMergeTree` with the server's default replication path; in a database
 whose engine is `Replicated` (ClickHouse Cloud shares tables on its own) plain DDL is kept
-(load.py decides). Exchanges and drops follow the same rule.
+(TableSync decides). Exchanges and drops follow the same rule.
 """
 
 from user_code.sync.target_table import DELETED_COLUMN, SettingValue, TargetTable, quote_ch_name
@@ -35,7 +35,8 @@ def create_database_sql(database: str, cluster: str | None) -> str:
     return f"CREATE DATABASE IF NOT EXISTS {quote_ch_name(database)}{on_cluster(cluster)}"
 
 
-def create_table_sql(target: TargetTable) -> str:
+def create_table_sql(target: TargetTable, comment: str | None = TABLE_COMMENT) -> str:
+    """The table's CREATE TABLE; without `comment`, a table pg2ch takes as the user's."""
     columns = ",\n  ".join(f"{quote_ch_name(c.name)} {c.clickhouse_type}" for c in target.columns)
     layout = target.layout
     clauses = [f"ENGINE = {engine(target)}"]
@@ -45,7 +46,8 @@ def create_table_sql(target: TargetTable) -> str:
     if layout.settings:
         settings = ", ".join(f"{name} = {literal(value)}" for name, value in layout.settings)
         clauses.append(f"SETTINGS {settings}")
-    clauses.append(f"COMMENT {literal(TABLE_COMMENT)}")
+    if comment is not None:
+        clauses.append(f"COMMENT {literal(comment)}")
     return (
         f"CREATE TABLE IF NOT EXISTS {target.qualified_name}{on_cluster(target.cluster)} (\n"
         f"  {columns},\n  {quote_ch_name(DELETED_COLUMN)} UInt8 DEFAULT 0\n)\n" + "\n".join(clauses)

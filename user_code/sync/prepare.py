@@ -45,6 +45,12 @@ class ExistingTable:
     def created_by_pg2ch(self) -> bool:
         return self.comment == ddl.TABLE_COMMENT
 
+    @property
+    def engine(self) -> str:
+        """The engine with its arguments, e.g. `ReplacingMergeTree(updated_at, _is_deleted)`."""
+        match = re.match(r"\w+(\([^)]*\))?", self.engine_full)
+        return match.group(0) if match else self.engine_full
+
     def engine_arguments(self) -> list[str] | None:
         """The ReplacingMergeTree's last arguments (version, is_deleted), or None if another."""
         match = _ENGINE.match(self.engine_full)
@@ -134,7 +140,8 @@ def prepare_table(client: Client, target: TargetTable, rebuild_on_schema_change:
     if not existing.created_by_pg2ch:
         _refuse_unusable(existing, target)
     _add_new_columns(client, existing, target)
-    changes = _column_changes(existing, target) + _layout_changes(existing, target)
+    layout_changes = _layout_changes(existing, target, existing.created_by_pg2ch)
+    changes = _column_changes(existing, target) + layout_changes
     if not existing.created_by_pg2ch:
         if changes:
             raise SyncError(
@@ -160,7 +167,7 @@ def _refuse_unusable(existing: ExistingTable, target: TargetTable) -> None:
     version = target.version_column
     if arguments is None or (version and arguments[-2:] != [version, DELETED_COLUMN]):
         wanted = f"ReplacingMergeTree({version}, {DELETED_COLUMN})" if version else "one"
-        problems.append(f"engine is {existing.engine_full.split(' ')[0]}, not {wanted}")
+        problems.append(f"engine is {existing.engine}, not {wanted}")
     if existing.sorting_key[-len(target.primary_key) :] != target.primary_key:
         problems.append(
             f"sorting key ({', '.join(existing.sorting_key)}) does not end with the primary key "
@@ -202,14 +209,18 @@ def _normalized(expression: str) -> str:
     return re.sub(r"[\s`]", "", expression)
 
 
-def _layout_changes(existing: ExistingTable, target: TargetTable) -> list[str]:
+def _layout_changes(existing: ExistingTable, target: TargetTable, whole: bool) -> list[str]:
+    """How the table's layout differs from SYNC_CONFIG's: all of it for a table pg2ch created
+    (the config is its layout), only what the config sets for a table the user created."""
     changes = []
-    if existing.sorting_key != target.sorting_key:
+    layout = target.layout
+    if (whole or layout.order_by) and existing.sorting_key != target.sorting_key:
         changes.append(
             f"order_by is ({', '.join(existing.sorting_key)}), SYNC_CONFIG asks for "
             f"({', '.join(target.sorting_key)})"
         )
-    if _normalized(existing.partition_key) != _normalized(target.layout.partition_by or ""):
+    wanted_partition = _normalized(layout.partition_by or "")
+    if (whole or layout.partition_by) and _normalized(existing.partition_key) != wanted_partition:
         changes.append(
             f"partition_by is {existing.partition_key or 'none'!r}, SYNC_CONFIG asks for "
             f"{target.layout.partition_by or 'none'!r}"

@@ -55,6 +55,21 @@ class StepResult:
         return self.rows_read / self.seconds if self.seconds > 0 else 0.0
 
 
+def target_table_for(
+    settings: TableSettings, source: SourceTable, database: str, cluster: str | None = None
+) -> TargetTable:
+    """The ClickHouse table a source table syncs into."""
+    return TargetTable(
+        database=database,
+        name=settings.target,
+        columns=source.mappings,
+        primary_key=settings.primary_key,
+        version_column=settings.version_column,
+        layout=settings.layout,
+        cluster=cluster,
+    )
+
+
 class TableSync:
     def __init__(
         self,
@@ -78,15 +93,7 @@ class TableSync:
             postgres, settings.source, settings.null_arrays_as_empty
         )
         validate_source(postgres, settings, self.source)
-        self.target = TargetTable(
-            database=database,
-            name=settings.target,
-            columns=self.source.mappings,
-            primary_key=settings.primary_key,
-            version_column=settings.version_column,
-            layout=settings.layout,
-            cluster=cluster,
-        )
+        self.target = target_table_for(settings, self.source, database, cluster)
 
     def prepare(self) -> Prepared:
         """The ClickHouse table made ready for the steps (see prepare.py). A table replaced

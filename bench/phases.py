@@ -12,6 +12,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections import Counter
 from datetime import datetime
 from urllib.parse import parse_qs, urlsplit
 
@@ -44,6 +45,21 @@ class Timing:
     cpu_seconds: float  # this process: Python, the ADBC reader and chDB's threads
 
 
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    """What one load cost ClickHouse's storage, its background merges included."""
+
+    written: int  # parts the inserts created
+    rows_merged: int  # rows the merges read back
+
+
+# chDB keeps no system.part_log; its profile events count the same, for the whole process.
+_PART_EVENTS_SQL = (
+    "SELECT event, value FROM system.events "
+    "WHERE event IN ('MergeTreeDataWriterBlocks', 'MergedRows')"
+)
+
+
 def log(message: str) -> None:
     print(f"  {message}", file=sys.stderr, flush=True)
 
@@ -61,6 +77,18 @@ def wait_for_merges(client: Client) -> None:
     """Let the background merges of one load finish, so they do not slow the next one."""
     while client.query("SELECT count() FROM system.merges").result_rows[0][0]:
         time.sleep(0.1)
+
+
+def part_events(client: Client) -> Counter[str]:
+    return Counter(dict(client.query(_PART_EVENTS_SQL).result_rows))
+
+
+def merged(client: Client, before: Counter[str]) -> Parts:
+    """The parts written and rows merged since `before`, once the merges have finished."""
+    wait_for_merges(client)
+    after = part_events(client)
+    after.subtract(before)
+    return Parts(after["MergeTreeDataWriterBlocks"], after["MergedRows"])
 
 
 def initial_load(table: TableSync) -> tuple[Timing, StepResult]:
@@ -195,22 +223,30 @@ def run(pg_url: str, chdb_dir: str, rows: int, sweep: bool) -> dict:
         loads: list[Timing] = []
         natives: list[Timing] = []
         copies: dict[str, list[float]] = {"binary": [], "text": []}
+        parts: dict[str, list[Parts]] = {"pg2ch": [], "native": []}
         for attempt in range(1, REPEATS + 1):
+            before = part_events(client)
             timing, result = initial_load(table)
             loads.append(timing)
             if attempt == 1:
                 load_rss = peak_rss_mb()  # nothing else has run in this process yet
-            wait_for_merges(client)
+            parts["pg2ch"].append(merged(client, before))
+            before = part_events(client)
             natives.append(native_load(client, native_target, pg_url))
-            wait_for_merges(client)
+            parts["native"].append(merged(client, before))
             for form in copies:
                 copies[form].append(copy_alone(table, pg_url, binary=form == "binary"))
             log(
                 f"run {attempt}: pg2ch {timing.seconds:.2f} s, native {natives[-1].seconds:.2f} s, "
-                f"COPY alone {copies['binary'][-1]:.2f} s binary, {copies['text'][-1]:.2f} s text"
+                f"COPY alone {copies['binary'][-1]:.2f} s binary, {copies['text'][-1]:.2f} s text; "
+                f"parts written / rows merged: pg2ch {parts['pg2ch'][-1].written} / "
+                f"{parts['pg2ch'][-1].rows_merged:,}, native {parts['native'][-1].written} / "
+                f"{parts['native'][-1].rows_merged:,}"
             )
         initial = min(loads, key=lambda timing: timing.seconds)
         native = min(natives, key=lambda timing: timing.seconds)
+        initial_parts = parts["pg2ch"][loads.index(initial)]
+        native_parts = parts["native"][natives.index(native)]
         copy_seconds = {form: min(runs) for form, runs in copies.items()}
         partitions = partition_sweep(table, pg_url, rows, native.seconds) if sweep else None
 
@@ -240,6 +276,10 @@ def run(pg_url: str, chdb_dir: str, rows: int, sweep: bool) -> dict:
         "native_fraction_of_copy": round(copy_seconds["text"] / native.seconds, 3),
         "initial_runs_seconds": [round(timing.seconds, 2) for timing in loads],
         "native_runs_seconds": [round(timing.seconds, 2) for timing in natives],
+        "initial_parts_written": initial_parts.written,
+        "initial_rows_merged": initial_parts.rows_merged,
+        "native_parts_written": native_parts.written,
+        "native_rows_merged": native_parts.rows_merged,
         "incremental_seconds": round(changes.seconds, 3),
         "incremental_rows_read": changes.rows_read,
         "incremental_rows_written": changes.rows_written,

@@ -19,7 +19,7 @@ from user_code.sync.errors import (
     redact,
     require_scheme,
 )
-from user_code.sync.postgres import connect, open_connection
+from user_code.sync.postgres import connect, end, open_connection
 from user_code.sync.settings import Progress, no_progress
 from user_code.sync.table_sync import TableSync
 
@@ -61,7 +61,7 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         if it broke (a retried step may follow a lost connection)."""
         if self._shared is not None:
             try:
-                self._shared.rollback()
+                end(self._shared)
                 return self._shared
             except Exception:
                 self._shared.close()

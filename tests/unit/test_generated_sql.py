@@ -1,5 +1,7 @@
 """The SQL each engine is sent, read as text: the cursor query, the DDL, the live-row filter."""
 
+from datetime import datetime, timedelta, timezone
+
 import pytest
 
 from user_code.sync.ddl import create_table_sql
@@ -27,10 +29,20 @@ def test_select_reads_every_column_and_each_array_s_dimensions():
 
 
 def test_cursor_query_is_inclusive_and_bounds_updates_by_the_new_records_watermark():
-    assert SOURCE.cursor_sql("created_at").endswith(' WHERE "created_at" >= $1')
+    assert SOURCE.cursor_sql("created_at").endswith(' WHERE "created_at" >= $1::timestamptz')
     assert SOURCE.cursor_sql("updated_at", "created_at").endswith(
-        ' WHERE "updated_at" >= $1 AND ("created_at" <= $2 OR "created_at" IS NULL)'
+        ' WHERE "updated_at" >= $1::timestamptz'
+        ' AND ("created_at" <= $2::timestamptz OR "created_at" IS NULL)'
     )
+
+
+def test_cursor_parameters_are_iso_text_in_the_column_s_terms():
+    at = PgColumn("at", PgType("timestamp"), False, "timestamp without time zone")
+    naive = SourceTable("app.events", (at,), (map_column("app.events", at),))
+    instant = datetime(2026, 3, 1, 12, 30, 0, 250, tzinfo=timezone(timedelta(hours=2)))
+    assert SOURCE.bind("created_at", instant) == "2026-03-01T10:30:00.000250+00:00"
+    assert naive.bind("at", instant) == "2026-03-01T10:30:00.000250"
+    assert naive.cursor_sql("at").endswith(' WHERE "at" >= $1::timestamp')
 
 
 def test_live_rows_by_soft_delete_column_kind():

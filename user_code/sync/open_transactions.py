@@ -50,13 +50,9 @@ class OpenTransactions:
 
 
 def open_transactions(connection: adbc.Connection) -> OpenTransactions:
-    """Taken before a read's snapshot, in a transaction of its own: Postgres keeps one
-    pg_stat_activity snapshot per transaction."""
-    connection.rollback()
-    try:
-        ((on_replica, sees_every_session, since),) = fetch_all(connection, _OPEN_SINCE_SQL)
-    finally:
-        connection.rollback()
+    """Taken before a read's snapshot, in a transaction of its own (the connection's
+    autocommit): Postgres keeps one pg_stat_activity snapshot per transaction."""
+    ((on_replica, sees_every_session, since),) = fetch_all(connection, _OPEN_SINCE_SQL)
     if on_replica:
         return OpenTransactions(None, UNSEEN_ON_REPLICA)
     if not sees_every_session:

@@ -17,10 +17,19 @@ APPLICATION_NAME = "pg2ch"
 
 def open_connection(url: str) -> adbc.Connection:
     """An ADBC connection whose session reads timestamps in UTC and intervals as ISO 8601; the
-    caller closes it."""
+    caller closes it.
+
+    The connection runs in autocommit: every statement is its own transaction unless the sync
+    opens one itself (`begin`). The driver then never begins, chains or ends a
+    transaction on its own, whose timing and properties differ between driver releases
+    (1.8.0 begins the next transaction at once on commit and rollback, and its rollback keeps
+    the isolation level and READ ONLY of the transaction it ends; later releases begin
+    lazily). The open-transaction bound and the snapshots depend on exactly when a
+    transaction begins.
+    """
     require_scheme(url, "PG_URL", ("postgresql", "postgres"))
     try:
-        connection = adbc.connect(url)
+        connection = adbc.connect(url, autocommit=True)
     except Exception as error:
         raise ConnectionFailed(
             f"cannot connect to Postgres at {describe_url(url)}: {redact(str(error), url)}; "
@@ -31,7 +40,6 @@ def open_connection(url: str) -> adbc.Connection:
             cursor.execute("SET TIME ZONE 'UTC'")
             cursor.execute("SET IntervalStyle = 'iso_8601'")
             cursor.execute(f"SET application_name = '{APPLICATION_NAME}'")
-        connection.commit()
     except Exception:
         connection.close()
         raise
@@ -45,6 +53,19 @@ def connect(url: str) -> Iterator[adbc.Connection]:
         yield connection
     finally:
         connection.close()
+
+
+def begin(connection: adbc.Connection, isolation: str = "READ COMMITTED") -> None:
+    """A read-only transaction, begun now; `end` ends it."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"BEGIN ISOLATION LEVEL {isolation}, READ ONLY")
+
+
+def end(connection: adbc.Connection) -> None:
+    """Ends the transaction `begin` opened, if one is open (Postgres only warns otherwise):
+    nothing was written, so rolling back releases the snapshot and any cursor."""
+    with connection.cursor() as cursor:
+        cursor.execute("ROLLBACK")
 
 
 def fetch_all(

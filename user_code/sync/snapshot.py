@@ -16,8 +16,9 @@ from itertools import pairwise
 import adbc_driver_postgresql.dbapi as adbc
 
 from user_code.sync.errors import SyncError
-from user_code.sync.postgres import fetch_all
+from user_code.sync.postgres import begin, fetch_all
 
+REPEATABLE_READ = "REPEATABLE READ"
 _SNAPSHOT_ID = re.compile(r"[0-9A-F]+(-[0-9A-F]+)+")
 
 
@@ -48,19 +49,13 @@ def share_snapshot(connections: Sequence[adbc.Connection]) -> None:
     transaction may end (its partition read) as soon as the others hold the snapshot.
     """
     first, *others = connections
-    first.rollback()  # a fresh transaction: the isolation level must precede its first query
-    _begin_repeatable_read(first)
+    begin(first, REPEATABLE_READ)
     if not others:
         return
     (snapshot_id,) = fetch_all(first, "SELECT pg_export_snapshot()")[0]
     if not _SNAPSHOT_ID.fullmatch(snapshot_id):
         raise SyncError(f"Postgres exported an unexpected snapshot id {snapshot_id!r}.")
     for connection in others:
-        _begin_repeatable_read(connection)
+        begin(connection, REPEATABLE_READ)
         with connection.cursor() as cursor:
             cursor.execute(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'")
-
-
-def _begin_repeatable_read(connection: adbc.Connection) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")

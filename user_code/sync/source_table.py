@@ -62,11 +62,16 @@ class SourceTable:
         The one cursor query: new records use it on `created_at`, updates on `updated_at`
         bounded by the new-records watermark, so rows already read as new are not read twice.
         """
-        where = f"{quote_pg_name(cursor_column)} >= $1"
+        where = f"{quote_pg_name(cursor_column)} >= {self._parameter(1, cursor_column)}"
         if created_at_column:
             created = quote_pg_name(created_at_column)
-            where += f" AND ({created} <= $2 OR {created} IS NULL)"
+            bound = self._parameter(2, created_at_column)
+            where += f" AND ({created} <= {bound} OR {created} IS NULL)"
         return self.select_sql(where)
+
+    def _parameter(self, number: int, column_name: str) -> str:
+        """`$number` cast to the column's own type, so the comparison can use its index."""
+        return f"${number}::{self.column(column_name).type.name}"
 
     def live_row_filter(self, soft_delete_column: str | None) -> str:
         """Rows not soft-deleted: those ClickHouse keeps with `_is_deleted = 0`."""
@@ -77,11 +82,14 @@ class SourceTable:
             return f"{column} IS NOT TRUE"
         return f"{column} IS NULL"
 
-    def bind(self, column_name: str, value: datetime) -> datetime:
-        """A parameter of the column's own type, so the comparison can use its index."""
+    def bind(self, column_name: str, value: datetime) -> str:
+        """A cursor query's parameter: ISO 8601 text in the column's terms, which the query
+        casts (`cursor_sql`). Bound as a timestamp with time zone, ADBC would switch the
+        session's time zone around the query in a transaction of its own, which ends the
+        transaction the query's cursor lives in."""
         utc = as_utc(value)
         is_naive = self.column(column_name).type.name == "timestamp"
-        return utc.replace(tzinfo=None) if is_naive else utc
+        return (utc.replace(tzinfo=None) if is_naive else utc).isoformat()
 
     def in_column_terms(
         self, connection: adbc.Connection, column_name: str, instant: datetime
@@ -90,7 +98,7 @@ class SourceTable:
         filled by the database clock holds wall time in the server's default time zone."""
         if self.column(column_name).type.name != "timestamp":
             return instant
-        ((wall_time,),) = fetch_all(connection, _WALL_TIME_SQL, (as_utc(instant),))
+        ((wall_time,),) = fetch_all(connection, _WALL_TIME_SQL, (as_utc(instant).isoformat(),))
         return as_utc(wall_time)
 
     def read(

@@ -8,6 +8,8 @@ import adbc_driver_postgresql
 import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 
+from user_code.sync.postgres import begin, end
+
 # Arrow batches of about this size stream from Postgres' COPY output: memory stays bounded
 # whatever the table size (two batches are in flight, see `read_ahead`). Each batch becomes
 # one ClickHouse part: at half this size a load took a fifth more CPU, mostly merging twice
@@ -24,14 +26,15 @@ Batches = Generator[pa.RecordBatch, None, None]
 
 
 def copy_batches(connection: adbc.Connection, sql: str) -> Batches:
-    """The fast path: COPY ... TO STDOUT (BINARY), cut into batches of BATCH_SIZE_HINT_BYTES."""
+    """The fast path: COPY ... TO STDOUT (BINARY), cut into batches of BATCH_SIZE_HINT_BYTES,
+    in the transaction the caller began (`share_snapshot`), which ends with the read."""
     with connection.cursor() as cursor:
         cursor.adbc_statement.set_options(**{_BATCH_SIZE_OPTION: str(BATCH_SIZE_HINT_BYTES)})
         try:
             cursor.execute(sql)
             yield from cursor.fetch_record_batch()
         finally:
-            connection.rollback()  # ends the read-only transaction: vacuum is not held back
+            end(connection)  # vacuum is not held back by a snapshot no longer read
 
 
 def cursor_pages(connection: adbc.Connection, sql: str, parameters: tuple[Any, ...]) -> Batches:
@@ -39,6 +42,7 @@ def cursor_pages(connection: adbc.Connection, sql: str, parameters: tuple[Any, .
 
     COPY cannot take parameters, and without COPY libpq would hold the whole result in memory.
     """
+    begin(connection)  # a cursor lives in a transaction
     with connection.cursor() as cursor:
         cursor.execute(f"DECLARE {_CURSOR} NO SCROLL CURSOR FOR {sql}", parameters)
         cursor.adbc_statement.set_options(**{_USE_COPY_OPTION: "false"})
@@ -50,7 +54,7 @@ def cursor_pages(connection: adbc.Connection, sql: str, parameters: tuple[Any, .
                     return
                 yield from page.to_batches()
         finally:
-            connection.rollback()  # closes the cursor; the transaction only read
+            end(connection)  # closes the cursor
 
 
 def read_ahead(*sources: Batches) -> Batches:

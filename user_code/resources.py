@@ -19,7 +19,7 @@ from user_code.sync.errors import (
     redact,
     require_scheme,
 )
-from user_code.sync.postgres import connect, end, open_connection
+from user_code.sync.postgres import connect, end, fetch_all, open_connection
 from user_code.sync.settings import Progress, no_progress
 from user_code.sync.table_sync import TableSync
 
@@ -61,7 +61,8 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         if it broke (a retried step may follow a lost connection)."""
         if self._shared is not None:
             try:
-                end(self._shared)
+                end(self._shared)  # a step that failed before its read began or ended
+                fetch_all(self._shared, "SELECT 1")  # still connected
                 return self._shared
             except Exception:
                 self._shared.close()

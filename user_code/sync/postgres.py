@@ -1,9 +1,10 @@
 """Connections to the source, and the plain queries every part of the sync asks."""
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import adbc_driver_postgresql.dbapi as adbc
 
@@ -13,6 +14,12 @@ from user_code.sync.watermark import as_utc
 
 # The sync's sessions call themselves this, so their own reads never hold back the read start.
 APPLICATION_NAME = "pg2ch"
+
+Isolation = Literal["READ COMMITTED", "REPEATABLE READ"]
+
+# Connections inside a transaction `begin` opened: the driver does not say, and a ROLLBACK
+# outside a transaction puts a warning in the server's log.
+_in_transaction: "weakref.WeakSet[adbc.Connection]" = weakref.WeakSet()
 
 
 def open_connection(url: str) -> adbc.Connection:
@@ -55,17 +62,20 @@ def connect(url: str) -> Iterator[adbc.Connection]:
         connection.close()
 
 
-def begin(connection: adbc.Connection, isolation: str = "READ COMMITTED") -> None:
+def begin(connection: adbc.Connection, isolation: Isolation = "READ COMMITTED") -> None:
     """A read-only transaction, begun now; `end` ends it."""
     with connection.cursor() as cursor:
         cursor.execute(f"BEGIN ISOLATION LEVEL {isolation}, READ ONLY")
+    _in_transaction.add(connection)
 
 
 def end(connection: adbc.Connection) -> None:
-    """Ends the transaction `begin` opened, if one is open (Postgres only warns otherwise):
-    nothing was written, so rolling back releases the snapshot and any cursor."""
-    with connection.cursor() as cursor:
-        cursor.execute("ROLLBACK")
+    """Ends the transaction `begin` opened, if it is still open: nothing was written, so
+    rolling back releases the snapshot and any cursor."""
+    if connection in _in_transaction:
+        _in_transaction.discard(connection)
+        with connection.cursor() as cursor:
+            cursor.execute("ROLLBACK")
 
 
 def fetch_all(

@@ -18,7 +18,6 @@ import adbc_driver_postgresql.dbapi as adbc
 from user_code.sync.errors import SyncError
 from user_code.sync.postgres import begin, fetch_all
 
-REPEATABLE_READ = "REPEATABLE READ"
 _SNAPSHOT_ID = re.compile(r"[0-9A-F]+(-[0-9A-F]+)+")
 
 
@@ -49,13 +48,13 @@ def share_snapshot(connections: Sequence[adbc.Connection]) -> None:
     transaction may end (its partition read) as soon as the others hold the snapshot.
     """
     first, *others = connections
-    begin(first, REPEATABLE_READ)
+    begin(first, "REPEATABLE READ")
     if not others:
         return
     (snapshot_id,) = fetch_all(first, "SELECT pg_export_snapshot()")[0]
     if not _SNAPSHOT_ID.fullmatch(snapshot_id):
         raise SyncError(f"Postgres exported an unexpected snapshot id {snapshot_id!r}.")
     for connection in others:
-        begin(connection, REPEATABLE_READ)
+        begin(connection, "REPEATABLE READ")
         with connection.cursor() as cursor:
             cursor.execute(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'")

@@ -44,9 +44,9 @@ def cursor_pages(connection: adbc.Connection, sql: str, parameters: tuple[Any, .
     """
     begin(connection)  # a cursor lives in a transaction
     with connection.cursor() as cursor:
-        cursor.execute(f"DECLARE {_CURSOR} NO SCROLL CURSOR FOR {sql}", parameters)
-        cursor.adbc_statement.set_options(**{_USE_COPY_OPTION: "false"})
         try:
+            cursor.execute(f"DECLARE {_CURSOR} NO SCROLL CURSOR FOR {sql}", parameters)
+            cursor.adbc_statement.set_options(**{_USE_COPY_OPTION: "false"})
             while True:
                 cursor.execute(f"FETCH FORWARD {FETCH_ROWS} FROM {_CURSOR}")
                 page = cursor.fetch_arrow_table()

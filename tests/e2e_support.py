@@ -17,7 +17,7 @@ JOB = "postgres_to_clickhouse"
 SCHEDULE = f"{JOB}_schedule"
 SENSOR = f"{JOB}_sensor"
 STEPS = ("initial_load", "new_records", "updates")
-CHECKS = ("row_count_parity", "freshness")
+CHECKS = ("window_parity", "freshness")
 STARTED_BY_TAG = {SENSOR: "dagster/sensor_name", SCHEDULE: "dagster/schedule_name"}
 
 _NOT_FINISHED = [
@@ -35,7 +35,7 @@ class SyncRun:
 
     run: dg.DagsterRun
     steps: dict[str, dict]  # {"new_records": {"rows_written": 100, ...}, ...}
-    checks: dict[str, dict]  # {"row_count_parity": {"passed": True, "clickhouse_rows": ...}}
+    checks: dict[str, dict]  # {"window_parity": {"passed": True, "clickhouse_rows": ...}}
 
     @classmethod
     def load(cls, instance: dg.DagsterInstance, run: dg.DagsterRun) -> "SyncRun":

@@ -43,18 +43,22 @@ def test_code_location_loads_with_every_piece(defs):
         graph.get(key).owners == ["team:data-platform"] for key in graph.get_all_asset_keys()
     )
     assert {key.name for key in graph.asset_check_keys} == {
-        "row_count_parity",
+        "window_parity",
         "freshness",
         "content_checksum",
+        "row_count_parity",
     }
     sync_job = defs.resolve_job_def("postgres_to_clickhouse")
     assert {node.name for node in sync_job.nodes} == {"sync_customers"}  # checks run inside
     sync_op = graph.assets_def_for_key(dg.AssetKey(["customers", "updates"]))
-    assert {key.name for key in sync_op.check_keys} == {"row_count_parity", "freshness"}
+    assert {key.name for key in sync_op.check_keys} == {"window_parity", "freshness"}
+    assert {key.name for key in sync_job.asset_layer.asset_graph.asset_check_keys} >= {
+        "window_parity"
+    }
     verify_job = defs.resolve_job_def("verify_clickhouse")
     assert {node.name for node in verify_job.nodes} == {
         "customers__reconcile_deletes",
-        "customers__updates_content_checksum",
+        "verify_customers",  # content_checksum and row_count_parity, from one comparison
     }
     schedule = defs.resolve_schedule_def("postgres_to_clickhouse_schedule")
     assert schedule.cron_schedule == "*/2 * * * *"
@@ -103,7 +107,7 @@ def test_sensor_requests_a_run_only_when_the_source_is_ahead(sync_env, customers
     assert request.asset_selection == [
         dg.AssetKey(["customers", step]) for step in ("initial_load", "new_records", "updates")
     ]
-    assert {key.name for key in request.asset_check_keys} == {"row_count_parity", "freshness"}
+    assert {key.name for key in request.asset_check_keys} == {"window_parity", "freshness"}
 
     run_sync(instance)
     assert isinstance(evaluate(), dg.SkipReason)

@@ -389,7 +389,7 @@ def test_hard_deletes_and_reinserted_keys(customers):
     run_sync(instance, config)
     assert compare(config).equal
     checks = {c.check_name: c.passed for c in verify.get_asset_check_evaluations()}
-    assert checks == {"content_checksum": True}
+    assert checks == {"content_checksum": True, "row_count_parity": True}
 
 
 def test_soft_delete_then_undelete(customers):

@@ -160,5 +160,8 @@ def test_destination_url_user_may_only_write_its_database():
     assert f"<{url.username}>" in users_xml
     assert f'<password from_env="{DESTINATION[3]}"/>' in users_xml
     grants = re.findall(r"<query>(.*?)</query>", users_xml)
-    privileges = "CREATE TABLE, DROP TABLE, ALTER, INSERT, SELECT"  # why: test_privileges.py
+    privileges = (  # why: test_privileges.py
+        "CREATE TABLE, DROP TABLE, ALTER ADD COLUMN, ALTER ADD INDEX, ALTER MATERIALIZE INDEX, "
+        "INSERT, SELECT"
+    )
     assert grants == [f"GRANT {privileges} ON {url.path.lstrip('/')}.*"]

@@ -30,7 +30,7 @@ def test_first_run_loads_every_row_and_checks_pass(customers, ch, clickhouse):
     assert steps["updates"]["lag_s"] == 0.0
     assert clickhouse_rows(ch, clickhouse) == 5000
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks == {"row_count_parity": True, "freshness": True}
+    assert checks == {"window_parity": True, "freshness": True}
 
 
 def test_new_and_updated_rows_arrive_once(customers, ch, clickhouse):
@@ -147,9 +147,7 @@ def test_soft_deleted_rows_leave_the_final_view(customers, ch, clickhouse):
         f"SELECT count() FROM `{clickhouse.database}`.`customers` FINAL WHERE _is_deleted = 0"
     ).result_rows[0][0]
     assert live == 7
-    assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()}[
-        "row_count_parity"
-    ]
+    assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()}["window_parity"]
 
 
 def test_column_added_in_postgres_is_added_in_clickhouse(customers, ch, clickhouse):
@@ -199,3 +197,40 @@ def test_source_written_the_sql_way_or_plain(customers, ch, clickhouse, source):
 
     assert run_sync(dg.DagsterInstance.ephemeral(), config).success
     assert clickhouse_rows(ch, clickhouse, table="mixed_case") == 3
+
+
+def test_row_count_is_exact_after_a_load_and_a_verify_and_counted_on_in_between(customers):
+    """`dagster/row_count` without a count of the table: exact after the initial load, new
+    rows added by each run, deletions shown by the next verify run, and counted on from
+    there."""
+    with customers.cursor() as cursor:
+        cursor.execute("ALTER TABLE customers ADD COLUMN deleted_at timestamptz")
+    customers.commit()
+    instance = dg.DagsterInstance.ephemeral()
+    config = demo_config(soft_delete="deleted_at")
+
+    def row_counts(result: dg.ExecuteInProcessResult) -> dict[str, int]:
+        return {step: m["dagster/row_count"] for step, m in step_metadata(result).items()}
+
+    insert_customers(customers, 100, ending_at="2020-01-01")
+    assert row_counts(run_sync(instance, config)) == dict.fromkeys(
+        ("initial_load", "new_records", "updates"), 100
+    )
+    insert_customers(customers, 10)
+    update_customers(customers, ids_modulo=20)
+    assert row_counts(run_sync(instance, config)) == {"new_records": 110, "updates": 110}
+    with customers.cursor() as cursor:
+        cursor.execute("UPDATE customers SET deleted_at = now(), updated_at = now() WHERE id <= 3")
+    customers.commit()
+    assert row_counts(run_sync(instance, config)) == {"new_records": 110, "updates": 110}
+
+    verify = run_sync(instance, config, job_name="verify_clickhouse")
+
+    assert {c.check_name: c.passed for c in verify.get_asset_check_evaluations()} == {
+        "content_checksum": True,
+        "row_count_parity": True,
+    }
+    (observed,) = [e for e in verify.all_events if e.event_type_value == "ASSET_OBSERVATION"]
+    assert observed.event_specific_data.asset_observation.metadata["dagster/row_count"].value == 107
+    insert_customers(customers, 2)
+    assert row_counts(run_sync(instance, config)) == {"new_records": 109, "updates": 109}

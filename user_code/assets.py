@@ -49,7 +49,7 @@ def _sync_table(
                 yield steps.snapshot()
         else:
             yield from _load_steps(context, spec, keys, config, steps, prepared)
-        yield from evaluate_sync_checks(context, spec, keys, table)
+        yield from evaluate_sync_checks(context, spec, keys, steps)
 
 
 def _load_steps(
@@ -107,6 +107,8 @@ def _asset_attributes(spec: TableSpec) -> _AssetAttributes:
     }
 
 
+# The cursor column each step reads by.
+_STEP_CURSORS = {"new_records": "created_at", "updates": "updated_at"}
 _STEP_DESCRIPTIONS = {
     "initial_load": "Full snapshot of {source}, taken once (or on full_refresh).",
     "new_records": "Rows of {source} whose `{created_at}` is past the watermark.",
@@ -120,6 +122,13 @@ def _step_specs(spec: TableSpec, keys: TableKeys) -> list[dg.AssetSpec]:
     specs = []
     for index, step in enumerate(keys.steps):
         description = _STEP_DESCRIPTIONS[step].format(**spec.model_dump())
+        cursor_field = _STEP_CURSORS.get(step)
+        column = getattr(spec, cursor_field) if cursor_field else None
+        if column in spec.unindexed_cursors:
+            description += (
+                f" No index on `{column}`: each run scans the whole table. Add one: "
+                f"`{spec.index_advice(column)}`"
+            )
         deps = [keys.step(keys.steps[index - 1])] if index else []
         specs.append(
             dg.AssetSpec(

@@ -13,6 +13,7 @@ from user_code.state import (
     CONTENT_CHECKSUM,
     FRESHNESS,
     ROW_COUNT_PARITY,
+    WINDOW_PARITY,
     TableKeys,
     cursors_of,
     latest_materializations,
@@ -36,7 +37,9 @@ def _every_table(config: Plan) -> list[TableKeys]:
 def build_jobs(config: Plan) -> list[UnresolvedAssetJobDefinition]:
     tables = _every_table(config)
     sync_steps = dg.AssetSelection.assets(*(k for t in tables for k in t.sync_steps()))
-    content_checks = dg.AssetSelection.checks(*(t.check(CONTENT_CHECKSUM) for t in tables))
+    verify_checks = dg.AssetSelection.checks(
+        *(t.check(name) for t in tables for name in (CONTENT_CHECKSUM, ROW_COUNT_PARITY))
+    )
     reconciliations = dg.AssetSelection.assets(
         *(
             keys.reconcile_deletes
@@ -47,15 +50,16 @@ def build_jobs(config: Plan) -> list[UnresolvedAssetJobDefinition]:
     return [
         dg.define_asset_job(
             SYNC_JOB,
-            selection=sync_steps - content_checks,
+            selection=sync_steps - verify_checks,
             description="Bring every table up to date: initial load, new records, updates.",
         ),
         dg.define_asset_job(
             VERIFY_JOB,
-            selection=reconciliations | content_checks,
+            selection=reconciliations | verify_checks,
             description=(
                 "Tombstones for hard deletes (tables with `hard_deletes: true`), then an "
-                "exact content comparison of every table. Reads whole tables: run it rarely."
+                "exact comparison of every table, content and row count, which also records "
+                "each table's exact row count. Reads whole tables: run it rarely."
             ),
         ),
     ]
@@ -113,7 +117,7 @@ def build_sensor(config: Plan) -> dg.SensorDefinition:
             run_key=";".join(label for label, _ in stale),
             asset_selection=[key for _, keys in stale for key in keys.sync_steps()],
             asset_check_keys=[
-                keys.check(name) for _, keys in stale for name in (ROW_COUNT_PARITY, FRESHNESS)
+                keys.check(name) for _, keys in stale for name in (WINDOW_PARITY, FRESHNESS)
             ],
         )
 

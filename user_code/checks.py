@@ -1,9 +1,10 @@
 """Asset checks per table, all on its last sync step.
 
-`row_count_parity` and `freshness` are declared by the table's sync op and evaluated inside it,
+`window_parity` and `freshness` are declared by the table's sync op and evaluated inside it,
 on the connections it already holds, right after the steps they check: a run of hundreds of
-tables runs one op per table, not three. `content_checksum` reads both tables whole, so it is
-an op of its own in the `verify_clickhouse` job.
+tables runs one op per table, not three. Each costs about what the run read. `content_checksum`
+and `row_count_parity` read both tables whole, so they are an op of their own in the
+`verify_clickhouse` job, which also records the table's exact row count.
 """
 
 import time
@@ -16,13 +17,16 @@ from user_code.resources import ClickHouseResource, PostgresResource, open_table
 from user_code.state import (
     CONTENT_CHECKSUM,
     FRESHNESS,
+    ROW_COUNT,
     ROW_COUNT_PARITY,
+    WINDOW_PARITY,
     TableKeys,
     lag,
     stored_watermarks,
 )
-from user_code.sync.load import count_live_rows
-from user_code.sync.postgres import count_rows, latest_timestamps
+from user_code.steps import TableSteps
+from user_code.sync.compare import Comparison
+from user_code.sync.postgres import latest_timestamps
 from user_code.sync.table_sync import TableSync
 from user_code.sync.watermark import to_text
 
@@ -31,12 +35,21 @@ def sync_check_specs(spec: TableSpec, keys: TableKeys) -> list[dg.AssetCheckSpec
     """The checks a table's sync op evaluates itself (`evaluate_sync_checks`)."""
     return [
         dg.AssetCheckSpec(
-            ROW_COUNT_PARITY,
+            WINDOW_PARITY,
             asset=keys.last_step,
             description=(
+                f"The live rows of {spec.source} whose `{spec.updated_at or spec.created_at}` "
+                "lies in the "
+                "window this run read (from where its read started to the watermark it "
+                f"reached) equal the keys of ClickHouse `{spec.target}` whose newest version "
+                "lies there. Each engine counts by its index, so the check costs what the run "
+                "read; the whole table is counted by `row_count_parity` in verify_clickhouse. "
+                "A warning while writes are in flight; a lasting gap means rows were lost."
+            )
+            if spec.cursors
+            else (
                 f"Live rows in {spec.source} equal rows in ClickHouse `{spec.target}` read with "
-                "FINAL (one row per key, deletions left out). A warning while writes are in "
-                "flight; a lasting gap means rows were lost or duplicated."
+                "FINAL, after the table was replaced whole."
             ),
         ),
         dg.AssetCheckSpec(
@@ -52,29 +65,29 @@ def sync_check_specs(spec: TableSpec, keys: TableKeys) -> list[dg.AssetCheckSpec
 
 
 def evaluate_sync_checks(
-    context: dg.AssetExecutionContext, spec: TableSpec, keys: TableKeys, table: TableSync
+    context: dg.AssetExecutionContext, spec: TableSpec, keys: TableKeys, steps: TableSteps
 ) -> Iterator[dg.AssetCheckResult]:
     """The selected ones of `sync_check_specs`, after the op's steps."""
     selected = {check.name for check in context.selected_asset_check_keys}
-    if ROW_COUNT_PARITY in selected:
-        yield _row_count_parity(spec, keys, table)
+    if WINDOW_PARITY in selected:
+        yield _window_parity(keys, steps)
     if FRESHNESS in selected:
-        yield _freshness(context.instance, spec, keys, table)
+        yield _freshness(context.instance, spec, keys, steps.table)
 
 
-def _row_count_parity(spec: TableSpec, keys: TableKeys, table: TableSync) -> dg.AssetCheckResult:
-    live_rows = table.source.live_row_filter(spec.soft_delete)
-    source_rows = count_rows(table.postgres, spec.source, live_rows)
-    clickhouse_rows = count_live_rows(table.clickhouse, table.target)
+def _window_parity(keys: TableKeys, steps: TableSteps) -> dg.AssetCheckResult:
+    window = steps.read_window()
+    counts = steps.table.count_window(window)
     return dg.AssetCheckResult(
         asset_key=keys.last_step,
-        check_name=ROW_COUNT_PARITY,
-        passed=source_rows == clickhouse_rows,
+        check_name=WINDOW_PARITY,
+        passed=counts.postgres_rows == counts.clickhouse_rows,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
-            "postgres_rows": source_rows,
-            "clickhouse_rows": clickhouse_rows,
-            "difference": clickhouse_rows - source_rows,
+            "window": str(window),
+            "postgres_rows": counts.postgres_rows,
+            "clickhouse_rows": counts.clickhouse_rows,
+            "difference": counts.clickhouse_rows - counts.postgres_rows,
         },
     )
 
@@ -116,35 +129,87 @@ def _freshness(
     )
 
 
-def build_content_checksum(spec: TableSpec) -> dg.AssetChecksDefinition:
+def build_verify_checks(spec: TableSpec) -> dg.AssetChecksDefinition:
+    """`content_checksum` and `row_count_parity` from one comparison of the whole table; the
+    exact count of live rows is recorded as `dagster/row_count` (an observation of the last
+    step), where the next sync runs count on from."""
     keys = TableKeys.of(spec)
 
-    @dg.asset_check(
-        asset=keys.last_step,
-        name=CONTENT_CHECKSUM,
-        description=(
-            f"Every column of every live row in ClickHouse `{spec.target}` equals "
-            f"{spec.source}: counts plus a checksum per key range, in bounded memory. Reads "
-            "both tables in full, so it runs in the `verify_clickhouse` job, not every sync."
-        ),
-        # The comparison waits for the tombstones of the same verify run, if the table has them.
-        additional_deps=[keys.reconcile_deletes] if spec.hard_deletes else [],
+    @dg.multi_asset_check(
+        name=f"verify_{spec.target_table}",
+        specs=[
+            dg.AssetCheckSpec(
+                CONTENT_CHECKSUM,
+                asset=keys.last_step,
+                description=(
+                    f"Every column of every live row in ClickHouse `{spec.target}` equals "
+                    f"{spec.source}: counts plus a checksum per key range, in bounded memory. "
+                    "Reads both tables in full, so it runs in the `verify_clickhouse` job."
+                ),
+                # After the tombstones of the same verify run, if the table has them.
+                additional_deps=[keys.reconcile_deletes] if spec.hard_deletes else [],
+            ),
+            dg.AssetCheckSpec(
+                ROW_COUNT_PARITY,
+                asset=keys.last_step,
+                description=(
+                    f"Live rows in {spec.source} equal rows in ClickHouse `{spec.target}` read "
+                    "with FINAL (one row per key, deletions left out), over the whole table. "
+                    "A warning while writes are in flight; a lasting gap means rows were lost "
+                    "or duplicated."
+                ),
+                additional_deps=[keys.reconcile_deletes] if spec.hard_deletes else [],
+            ),
+        ],
+        can_subset=True,
     )
-    def content_checksum(
-        postgres: PostgresResource, clickhouse: ClickHouseResource
-    ) -> dg.AssetCheckResult:
+    def verify_table(
+        context: dg.AssetCheckExecutionContext,
+        postgres: PostgresResource,
+        clickhouse: ClickHouseResource,
+    ) -> Iterator[dg.AssetCheckResult]:
         with open_table(spec, postgres, clickhouse) as table:
             comparison = table.compare_content()
-        return dg.AssetCheckResult(
-            passed=comparison.equal,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={
-                "postgres_rows": comparison.postgres_rows,
-                "clickhouse_rows": comparison.clickhouse_rows,
-                "differing_columns": comparison.differing_columns,
-                "duplicate_keys": [str(key) for key in comparison.duplicate_keys[:20]],
-                "differing_key_ranges": [str(r) for r in comparison.differing_ranges[:20]],
-            },
+        context.op_execution_context.log_event(
+            dg.AssetObservation(
+                asset_key=keys.last_step, metadata={ROW_COUNT: comparison.clickhouse_rows}
+            )
         )
+        selected = {check.name for check in context.selected_asset_check_keys}
+        if CONTENT_CHECKSUM in selected:
+            yield _content_checksum(keys, comparison)
+        if ROW_COUNT_PARITY in selected:
+            yield _row_count_parity(keys, comparison)
 
-    return content_checksum
+    return verify_table
+
+
+def _content_checksum(keys: TableKeys, comparison: Comparison) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        asset_key=keys.last_step,
+        check_name=CONTENT_CHECKSUM,
+        passed=comparison.equal,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "postgres_rows": comparison.postgres_rows,
+            "clickhouse_rows": comparison.clickhouse_rows,
+            "differing_columns": comparison.differing_columns,
+            "duplicate_keys": [str(key) for key in comparison.duplicate_keys[:20]],
+            "differing_key_ranges": [str(r) for r in comparison.differing_ranges[:20]],
+        },
+    )
+
+
+def _row_count_parity(keys: TableKeys, comparison: Comparison) -> dg.AssetCheckResult:
+    postgres_rows, clickhouse_rows = comparison.postgres_rows, comparison.clickhouse_rows
+    return dg.AssetCheckResult(
+        asset_key=keys.last_step,
+        check_name=ROW_COUNT_PARITY,
+        passed=postgres_rows == clickhouse_rows,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "postgres_rows": postgres_rows,
+            "clickhouse_rows": clickhouse_rows,
+            "difference": clickhouse_rows - postgres_rows,
+        },
+    )

@@ -26,7 +26,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from user_code.sync.errors import SyncError
-from user_code.sync.postgres_names import split_table_name
+from user_code.sync.postgres_names import quote_pg_name, split_table_name
 from user_code.sync.settings import TableSettings
 from user_code.sync.target_table import Layout
 
@@ -207,6 +207,9 @@ class TableSpec(BaseModel):
     partition_by: str | None = None
     settings: dict[str, int | float | str | bool] | None = None
     on_schema_change: Literal["stop", "rebuild"] = "stop"
+    # Cursor columns no index of the source table leads with (known where the plan read the
+    # catalog): each run's cursor query scans the table.
+    unindexed_cursors: list[str] = []
 
     @model_validator(mode="after")
     def _sorting_key_ends_with_the_primary_key(self) -> "TableSpec":
@@ -243,6 +246,10 @@ class TableSpec(BaseModel):
     def cursors(self) -> list[str]:
         """The timestamp columns read incrementally: created_at, then updated_at if synced."""
         return [column for column in (self.created_at, self.updated_at) if column]
+
+    def index_advice(self, column: str) -> str:
+        """What to run so a cursor query on `column` reads an index, not the whole table."""
+        return f"CREATE INDEX CONCURRENTLY ON {self.source} ({quote_pg_name(column)});"
 
     @property
     def table_settings(self) -> TableSettings:

@@ -8,7 +8,7 @@ from dagster._core.definitions.definitions_load_context import (
 
 from user_code.assets import build_table_assets
 from user_code.automation import build_jobs, build_schedules, build_sensor
-from user_code.checks import build_content_checksum
+from user_code.checks import build_verify_checks
 from user_code.plan import Plan, load_plan
 from user_code.resources import build_executor, build_resources
 
@@ -20,7 +20,7 @@ def build_definitions(
 ) -> dg.Definitions:
     return dg.Definitions(
         assets=[asset for spec in plan.tables for asset in build_table_assets(spec)],
-        asset_checks=[build_content_checksum(spec) for spec in plan.tables],
+        asset_checks=[build_verify_checks(spec) for spec in plan.tables],
         jobs=build_jobs(plan),
         schedules=build_schedules(),
         sensors=[build_sensor(plan)],

@@ -145,6 +145,8 @@ def _fill_from_catalog(
                 "name the column, or choose another mode (`auto` picks from the columns)"
             )
         _check_column(table, field, settings[field], mode)
+    cursors = dict.fromkeys(settings[field] for field in needed.get(mode, ()))
+    settings["unindexed_cursors"] = [c for c in cursors if c not in table.indexed]
     if settings.get("soft_delete"):
         _check_column(table, "soft_delete", settings["soft_delete"], mode)
     for name in settings["primary_key"]:
@@ -189,6 +191,11 @@ def describe(plan: Plan) -> str:
             f"  {spec.source} -> {spec.target}  mode {spec.mode}, "
             f"key ({', '.join(spec.primary_key)}), cursors: {cursors}"
         )
+        for column in spec.unindexed_cursors:
+            lines.append(
+                f"    no index on `{column}`: every run scans the table whole; "
+                f"add one: {spec.index_advice(column)}"
+            )
     if plan.skipped:
         lines.append(f"{len(plan.skipped)} table(s) skipped:")
         lines += [f"  {skipped.source}: {skipped.reason}" for skipped in plan.skipped]
@@ -196,14 +203,13 @@ def describe(plan: Plan) -> str:
 
 
 def load_plan(config: SyncConfig | None = None, pg_url: str | None = None) -> Plan:
-    """The plan of `config` (default: SYNC_CONFIG), reading the catalog of `pg_url` (default:
-    PG_URL) where the config needs it."""
+    """The plan of `config` (default: SYNC_CONFIG), from the catalog of `pg_url` (default:
+    PG_URL): each table checked, and told where a cursor column has no index. Without a URL,
+    from the config alone, if it names every table's key and cursors."""
     config = config or load_sync_config()
-    if not config.needs_catalog:
-        return plan_tables(config)
     url = pg_url or os.environ.get("PG_URL")
-    if not url:
-        raise SyncError("SYNC_CONFIG needs the Postgres catalog to be planned: set PG_URL.")
+    if not url:  # the config alone, where it names every table's key and cursors
+        return plan_tables(config)
     with connect(url) as connection:
         return plan_tables(config, list_tables(connection))
 

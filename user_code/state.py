@@ -27,7 +27,9 @@ ROW_COUNT = "dagster/row_count"
 TABLE_NAME = "dagster/table_name"
 COLUMN_SCHEMA = "dagster/column_schema"
 
-ROW_COUNT_PARITY, FRESHNESS, CONTENT_CHECKSUM = "row_count_parity", "freshness", "content_checksum"
+# Checks: the first two in every sync run (cheap), the others in `verify_clickhouse`.
+WINDOW_PARITY, FRESHNESS = "window_parity", "freshness"
+ROW_COUNT_PARITY, CONTENT_CHECKSUM = "row_count_parity", "content_checksum"
 
 
 # The sync steps of each mode, in order: each one's asset is `<clickhouse table>/<step>`.
@@ -146,6 +148,29 @@ def stored_watermarks(
     return created_at.watermark, updated_at.watermark
 
 
+def stored_row_count(
+    instance: dg.DagsterInstance, events: Materializations, keys: TableKeys
+) -> int | None:
+    """The table's live rows as last stored: by the latest step that knew them, or by a verify
+    run's count (an observation of the last step), whichever came later."""
+    counted = [
+        event
+        for key in keys.sync_steps()
+        if (event := events.get(key)) and _stored_int(event, ROW_COUNT) is not None
+    ]
+    observed = instance.fetch_observations(keys.last_step, limit=1).records
+    if observed:
+        counted.append(observed[0].event_log_entry)
+    latest_count = max(counted, key=lambda event: event.timestamp, default=None)
+    return _stored_int(latest_count, ROW_COUNT) if latest_count else None
+
+
+def _stored_int(event: dg.EventLogEntry, name: str) -> int | None:
+    stored = event.asset_materialization or event.asset_observation
+    value = stored.metadata.get(name) if stored else None
+    return value.value if isinstance(value, dg.IntMetadataValue) else None
+
+
 def lag(source_latest: datetime | None, watermark: datetime | None) -> timedelta:
     """How far the stored watermark is behind the source's newest value; never negative."""
     if source_latest is None or watermark is None:
@@ -175,9 +200,10 @@ def step_metadata(
     return metadata
 
 
-def table_metadata(table: TableSync, row_count: int) -> dict[str, dg.MetadataValue]:
-    """Dagster's standard table metadata: the ClickHouse table's name, its live rows, and its
-    columns, each described by the Postgres column it comes from."""
+def table_metadata(table: TableSync, row_count: int | None) -> dict[str, dg.MetadataValue]:
+    """Dagster's standard table metadata: the ClickHouse table's name, its live rows where
+    known (see steps.py), and its columns, each described by the Postgres column it comes
+    from."""
     columns = [
         dg.TableColumn(m.name, m.clickhouse_type, description=f"Postgres: {c.declared_type}")
         for c, m in zip(table.source.columns, table.source.mappings, strict=True)
@@ -185,8 +211,10 @@ def table_metadata(table: TableSync, row_count: int) -> dict[str, dg.MetadataVal
     columns.append(
         dg.TableColumn(DELETED_COLUMN, "UInt8", description="pg2ch: 1 marks a row deleted")
     )
-    return {
+    metadata: dict[str, dg.MetadataValue] = {
         TABLE_NAME: dg.MetadataValue.text(f"{table.target.database}.{table.target.name}"),
-        ROW_COUNT: dg.MetadataValue.int(row_count),
         COLUMN_SCHEMA: dg.MetadataValue.table_schema(dg.TableSchema(columns)),
     }
+    if row_count is not None:
+        metadata[ROW_COUNT] = dg.MetadataValue.int(row_count)
+    return metadata

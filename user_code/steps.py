@@ -4,6 +4,12 @@ Each step reads from its cursor, and its materialization stores where the next r
 the cursors advance step by step, so new records start where the initial load ended and
 updates stop at the rows new records just read. A table in `replace` mode has one step,
 which reads it whole and swaps it in.
+
+`dagster/row_count` is never counted by reading the table: a load into an empty table knows
+it exactly (the live rows it wrote), each `verify_clickhouse` run counts it exactly (checks.py),
+and in between new records add the live rows they wrote under new keys. Deletions, and rows
+found only by `updates` (committed too late for `new_records`), show at the next verify run.
+A whole read into a table that held rows leaves it unknown until then.
 """
 
 from datetime import datetime
@@ -20,14 +26,15 @@ from user_code.state import (
     lag,
     latest_materializations,
     step_metadata,
+    stored_row_count,
     table_metadata,
 )
-from user_code.sync.load import count_live_rows
 from user_code.sync.postgres import latest_timestamps
 from user_code.sync.prepare import Prepared
 from user_code.sync.rebuild import drop_leftovers, rebuild, replace_whole
 from user_code.sync.table_sync import StepResult, TableSync
 from user_code.sync.watermark import Cursor
+from user_code.sync.window import Window
 
 # A step's result: no value (the data is in ClickHouse), only metadata.
 Materialization = dg.MaterializeResult[None]
@@ -42,12 +49,25 @@ class TableSteps:
         self.table = table
         self.events = latest_materializations(instance, [keys])
         self.created, self.updated = cursors_of(self.events, keys)
+        self.row_count = stored_row_count(instance, self.events, keys)
+        self.empty = False  # whether the table holds no row yet
+        # The versions the last step read, for the parity check; None until a step read.
+        self.window: Window | None = None
 
     def prepare(self) -> Prepared:
         """The ClickHouse table made ready for the steps (see user_code/sync/prepare.py)."""
         prepared = self.table.prepare()
         if prepared.rebuild is None and self.spec.mode != "replace":
             drop_leftovers(self.table)
+        for column in prepared.unindexed:
+            self.table.progress(
+                f"{self.spec.source}: no skip index on `{column}` in your ClickHouse table "
+                f"{self.spec.target}: each run reads that column whole; add one with "
+                f"`ALTER TABLE ... ADD INDEX pg2ch_minmax_{column} {column} TYPE minmax`, then "
+                f"`MATERIALIZE INDEX pg2ch_minmax_{column}`"
+            )
+        if prepared.created:
+            self.row_count, self.empty = 0, True
         return prepared
 
     def was_loaded(self, prepared: Prepared) -> bool:
@@ -60,6 +80,8 @@ class TableSteps:
             result = self.table.snapshot()
         else:
             result = rebuild(self.table, self.spec.lookback)
+            self.row_count, self.empty = 0, True  # into a new table
+        self._count(result)
         self.created = self.created.advanced(result.created_at, result)
         self.updated = self.updated.advanced(result.updated_at, result)
         stored = {CREATED_AT_WATERMARK: self.created.watermark}
@@ -72,7 +94,10 @@ class TableSteps:
     def new_records(self) -> Materialization:
         assert self.spec.created_at, "new records are found by created_at"
         result = self.table.new_records(self._cursor(self.spec.created_at, self.created))
+        self._count(result)
         self.created = self.created.advanced(result.created_at, result)
+        if self.spec.mode == "append":
+            self.window = Window(self.spec.created_at, result.read_from, self.created.watermark)
         stored = {CREATED_AT_WATERMARK: self.created.watermark}
         return self._materialization(self.keys.new_records, result, **stored)
 
@@ -80,7 +105,9 @@ class TableSteps:
         assert self.spec.updated_at, "changed rows are found by updated_at"
         cursor = self._cursor(self.spec.updated_at, self.updated)
         result = self.table.updates(cursor, self.created.watermark)
+        self._count(result)
         self.updated = self.updated.advanced(result.updated_at, result)
+        self.window = Window(self.spec.updated_at, result.read_from, self.updated.watermark)
         (source_latest,) = latest_timestamps(
             self.table.postgres, self.spec.source, [self.spec.updated_at]
         )
@@ -93,7 +120,30 @@ class TableSteps:
         )
 
     def snapshot(self) -> Materialization:
-        return self._materialization(self.keys.snapshot, replace_whole(self.table))
+        """The whole table, into a new table swapped in."""
+        self.row_count, self.empty = 0, True
+        result = replace_whole(self.table)
+        self._count(result)
+        return self._materialization(self.keys.snapshot, result)
+
+    def _count(self, result: StepResult) -> None:
+        """The table's live rows after a step (see the module's docstring)."""
+        if result.read_from is None:  # a whole read: exact into an empty table only
+            self.row_count = result.rows_added if self.empty else None
+        elif self.row_count is not None and result.rows_added is not None:
+            self.row_count += result.rows_added
+        self.empty = self.empty and result.rows_written == 0
+
+    def read_window(self) -> Window:
+        """The versions the last step of this run read; where no step read, those the next
+        read would start from, up to the watermark."""
+        if self.window is not None:
+            return self.window
+        column = self.spec.updated_at or self.spec.created_at
+        if column is None:
+            return Window(None, None, None)
+        stored = self.updated if self.spec.updated_at else self.created
+        return Window(column, self._cursor(column, stored).start, stored.watermark)
 
     def _cursor(self, column: str, stored: StoredCursor) -> Cursor:
         return Cursor(column, stored.watermark, self.spec.lookback, stored.open_since)
@@ -101,9 +151,7 @@ class TableSteps:
     def _materialization(
         self, key: dg.AssetKey, result: StepResult, **stored: datetime | float | str | None
     ) -> Materialization:
-        target = self.table.target
-        metadata = step_metadata(result, target.qualified_name, **stored)
-        row_count = count_live_rows(self.table.clickhouse, target)
+        metadata = step_metadata(result, self.table.target.qualified_name, **stored)
         return dg.MaterializeResult(
-            asset_key=key, metadata={**metadata, **table_metadata(self.table, row_count)}
+            asset_key=key, metadata={**metadata, **table_metadata(self.table, self.row_count)}
         )

@@ -7,7 +7,7 @@ import pytest
 
 from user_code.sync.errors import SyncError
 from user_code.sync.load import deleted_flags
-from user_code.sync.reread import row_keys, without_loaded_rows
+from user_code.sync.reread import HeldRows, newer_than_held, row_keys
 from user_code.sync.target_table import TargetTable
 from user_code.sync.types import ColumnMapping
 from user_code.sync.value_guards import (
@@ -29,15 +29,27 @@ def test_soft_delete_flags_from_a_boolean_or_a_timestamp():
     assert deleted_flags(batch, None).to_pylist() == [0, 0, 0]
 
 
-def test_rows_already_loaded_at_the_same_version_are_left_out():
+def test_rows_clickhouse_holds_at_their_version_or_newer_are_left_out():
     batch = pa.record_batch(
-        {"id": pa.array([1, 2, 3]), "v": pa.array([T, T, T], pa.timestamp("us", "UTC"))}
+        {
+            "id": pa.array([1, 2, 3, 4]),
+            "region": pa.array(["a", "b", "c", "d"]),
+            "v": pa.array([T, T, T, T], pa.timestamp("us", "UTC")),
+        }
     )
-    target = TargetTable("db", "t", (), ("id",), "v")
-    micros = "1772366400000001"
-    assert row_keys(batch, ["id"], "v").to_pylist()[0] == f"1\x1f{micros}"
-    loaded = pa.array([f"2\x1f{micros}", f"3\x1f{int(micros) - 1}"])
-    assert without_loaded_rows(batch, loaded, target).column("id").to_pylist() == [1, 3]
+    target = TargetTable("db", "t", (), ("id", "region"), "v")
+    micros = 1772366400000001
+    assert row_keys(batch, ["id", "region"]).to_pylist()[0] == "1\x1fa"
+    held = HeldRows(
+        pa.array(["2\x1fb", "3\x1fc", "4\x1fd"]), pa.array([micros, micros - 1, micros + 1])
+    )
+
+    fresh, key_was_held = newer_than_held(batch, held, target)
+
+    assert fresh.column("id").to_pylist() == [1, 3]  # 2 at its version, 4 newer: left out
+    assert key_was_held.to_pylist() == [False, True]
+    nothing_held = newer_than_held(batch, HeldRows.nothing(), target)
+    assert nothing_held[0].num_rows == 4 and not any(nothing_held[1].to_pylist())
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,11 @@
-"""The sync's ClickHouse DDL, in one place: the engine, the layout, and `ON CLUSTER`.
+"""The sync's ClickHouse DDL, in one place: the engine, the layout, the cursor columns' skip
+indexes, and `ON CLUSTER`.
+
+Every incremental run asks ClickHouse which rows it holds from the start of the run's read on
+(`held.py`), by a range on a cursor column. The table is sorted by its key, not by time, so
+without an index that range reads the column of every row. A `minmax` index per granule lets
+ClickHouse skip the granules whose values all lie before the range: rows written by earlier
+runs, in parts of their own, and rows of the initial load.
 
 With CLICKHOUSE_CLUSTER set, every statement runs `ON CLUSTER` and tables are
 `ReplicatedReplacingMergeTree` with the server's default replication path; in a database
@@ -6,7 +13,13 @@ whose engine is `Replicated` (ClickHouse Cloud shares tables on its own) plain D
 (TableSync decides). Exchanges and drops follow the same rule.
 """
 
-from user_code.sync.target_table import DELETED_COLUMN, SettingValue, TargetTable, quote_ch_name
+from user_code.sync.target_table import (
+    DELETED_COLUMN,
+    SettingValue,
+    TargetTable,
+    cursor_index_name,
+    quote_ch_name,
+)
 
 # Marks the tables pg2ch created, as opposed to tables a user created for pg2ch to fill.
 TABLE_COMMENT = "synced by pg2ch"
@@ -35,9 +48,17 @@ def create_database_sql(database: str, cluster: str | None) -> str:
     return f"CREATE DATABASE IF NOT EXISTS {quote_ch_name(database)}{on_cluster(cluster)}"
 
 
+def _cursor_index(column: str) -> str:
+    """`<name> <column> TYPE minmax GRANULARITY 1`: the min and max of every granule."""
+    name = quote_ch_name(cursor_index_name(column))
+    return f"{name} {quote_ch_name(column)} TYPE minmax GRANULARITY 1"
+
+
 def create_table_sql(target: TargetTable, comment: str | None = TABLE_COMMENT) -> str:
     """The table's CREATE TABLE; without `comment`, a table pg2ch takes as the user's."""
-    columns = ",\n  ".join(f"{quote_ch_name(c.name)} {c.clickhouse_type}" for c in target.columns)
+    definitions = [f"{quote_ch_name(c.name)} {c.clickhouse_type}" for c in target.columns]
+    definitions.append(f"{quote_ch_name(DELETED_COLUMN)} UInt8 DEFAULT 0")
+    definitions += [f"INDEX {_cursor_index(column)}" for column in target.cursor_columns]
     layout = target.layout
     clauses = [f"ENGINE = {engine(target)}"]
     if layout.partition_by:
@@ -49,8 +70,10 @@ def create_table_sql(target: TargetTable, comment: str | None = TABLE_COMMENT) -
     if comment is not None:
         clauses.append(f"COMMENT {literal(comment)}")
     return (
-        f"CREATE TABLE IF NOT EXISTS {target.qualified_name}{on_cluster(target.cluster)} (\n"
-        f"  {columns},\n  {quote_ch_name(DELETED_COLUMN)} UInt8 DEFAULT 0\n)\n" + "\n".join(clauses)
+        f"CREATE TABLE IF NOT EXISTS {target.qualified_name}{on_cluster(target.cluster)} (\n  "
+        + ",\n  ".join(definitions)
+        + "\n)\n"
+        + "\n".join(clauses)
     )
 
 
@@ -58,6 +81,21 @@ def add_column_sql(target: TargetTable, name: str, clickhouse_type: str) -> str:
     return (
         f"ALTER TABLE {target.qualified_name}{on_cluster(target.cluster)} "
         f"ADD COLUMN {quote_ch_name(name)} {clickhouse_type}"
+    )
+
+
+def add_cursor_index_sql(target: TargetTable, column: str) -> str:
+    return (
+        f"ALTER TABLE {target.qualified_name}{on_cluster(target.cluster)} "
+        f"ADD INDEX IF NOT EXISTS {_cursor_index(column)}"
+    )
+
+
+def materialize_cursor_index_sql(target: TargetTable, column: str) -> str:
+    """Builds the index for the parts written before it existed, as a background mutation."""
+    return (
+        f"ALTER TABLE {target.qualified_name}{on_cluster(target.cluster)} "
+        f"MATERIALIZE INDEX {quote_ch_name(cursor_index_name(column))}"
     )
 
 

@@ -17,7 +17,7 @@ from clickhouse_connect.driver.client import Client
 
 from user_code.sync import ddl
 from user_code.sync.errors import SyncError
-from user_code.sync.target_table import DELETED_COLUMN, TargetTable
+from user_code.sync.target_table import DELETED_COLUMN, TargetTable, cursor_index_name
 
 # Time64 columns (Postgres `time`) need this setting in DDL.
 DDL_SETTINGS = {"enable_time_time64_type": 1}
@@ -30,6 +30,10 @@ _COLUMNS_SQL = """
 SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {t:String}
 ORDER BY position
 """
+_SKIP_INDEXES_SQL = """
+SELECT name, expr FROM system.data_skipping_indices
+WHERE database = {db:String} AND table = {t:String}
+"""
 _ENGINE = re.compile(r"(?:Shared|Replicated)?ReplacingMergeTree(?:\((?P<args>[^)]*)\))?")
 
 
@@ -40,6 +44,7 @@ class ExistingTable:
     sorting_key: tuple[str, ...]
     partition_key: str
     comment: str
+    skip_indexes: dict[str, str]  # name -> expression
 
     @property
     def created_by_pg2ch(self) -> bool:
@@ -65,6 +70,8 @@ class Prepared:
     created: bool  # the table did not exist
     rebuild: str | None = None  # why the table must be rebuilt before the sync goes on
     adopted: bool = False  # a table the user created, used as it is
+    # Cursor columns of a table the user created that nothing indexes: each run reads them whole.
+    unindexed: tuple[str, ...] = ()
 
 
 def existing_table(client: Client, target: TargetTable) -> ExistingTable | None:
@@ -75,7 +82,11 @@ def existing_table(client: Client, target: TargetTable) -> ExistingTable | None:
     engine_full, sorting_key, partition_key, comment = rows[0]
     rows = client.query(_COLUMNS_SQL, parameters=parameters).result_rows
     columns = {name: clickhouse_type for name, clickhouse_type in rows}
-    return ExistingTable(columns, engine_full, key_columns(sorting_key), partition_key, comment)
+    rows = client.query(_SKIP_INDEXES_SQL, parameters=parameters).result_rows
+    indexes = {str(name): str(expression) for name, expression in rows}
+    return ExistingTable(
+        columns, engine_full, key_columns(sorting_key), partition_key, comment, indexes
+    )
 
 
 def key_columns(key: str) -> tuple[str, ...]:
@@ -140,6 +151,8 @@ def prepare_table(client: Client, target: TargetTable, rebuild_on_schema_change:
     if not existing.created_by_pg2ch:
         _refuse_unusable(existing, target)
     _add_new_columns(client, existing, target)
+    if existing.created_by_pg2ch:
+        _add_cursor_indexes(client, existing, target)
     layout_changes = _layout_changes(existing, target, existing.created_by_pg2ch)
     changes = _column_changes(existing, target) + layout_changes
     if not existing.created_by_pg2ch:
@@ -149,7 +162,7 @@ def prepare_table(client: Client, target: TargetTable, rebuild_on_schema_change:
                 f"rebuilds only tables it created: {'; '.join(changes)}. Change the table or "
                 "SYNC_CONFIG so they agree."
             )
-        return Prepared(created=False, adopted=True)
+        return Prepared(created=False, adopted=True, unindexed=_unindexed(existing, target))
     if not changes:
         return Prepared(created=False)
     column_changes = _column_changes(existing, target)
@@ -190,6 +203,23 @@ def _add_new_columns(client: Client, existing: ExistingTable, target: TargetTabl
                 ddl.add_column_sql(target, column.name, column.clickhouse_type),
                 settings=DDL_SETTINGS,
             )
+
+
+def _add_cursor_indexes(client: Client, existing: ExistingTable, target: TargetTable) -> None:
+    """A table pg2ch created before its cursor columns had skip indexes gets them; ClickHouse
+    builds them for the parts written before, in the background (until then, those parts are
+    read whole, as before)."""
+    for column in target.cursor_columns:
+        if cursor_index_name(column) not in existing.skip_indexes:
+            client.command(ddl.add_cursor_index_sql(target, column))
+            client.command(ddl.materialize_cursor_index_sql(target, column))
+
+
+def _unindexed(existing: ExistingTable, target: TargetTable) -> tuple[str, ...]:
+    """Cursor columns neither a skip index nor the sorting key's first column covers."""
+    indexed = {_normalized(expression) for expression in existing.skip_indexes.values()}
+    indexed.add(_normalized(existing.sorting_key[0]) if existing.sorting_key else "")
+    return tuple(c for c in target.cursor_columns if _normalized(c) not in indexed)
 
 
 def _column_changes(existing: ExistingTable, target: TargetTable) -> list[str]:

@@ -60,6 +60,8 @@ def rebuild(table: TableSync, lookback: timedelta) -> StepResult:
         updated_at=latest(*(step.updated_at for step in steps)),
         open_since=earliest(*(step.open_since for step in steps[1:] or steps)),
         held_back=max(step.held_back for step in steps),
+        read_from=None,
+        rows_added=sum(step.rows_added or 0 for step in steps),
     )
 
 

@@ -37,5 +37,10 @@ class TableSettings:
         return self.updated_at or self.created_at
 
     @property
+    def cursors(self) -> tuple[str, ...]:
+        """The columns read incrementally, each once."""
+        return tuple(dict.fromkeys(c for c in (self.created_at, self.updated_at) if c))
+
+    @property
     def replaces(self) -> bool:
         return self.version_column is None

@@ -69,6 +69,15 @@ class SourceTable:
             where += f" AND ({created} <= {bound} OR {created} IS NULL)"
         return self.select_sql(where)
 
+    def window_count_sql(self, column_name: str, live_rows: str) -> str:
+        """Live rows whose `column_name` lies from $1 to $2: a range scan of its index."""
+        column = quote_pg_name(column_name)
+        return (
+            f"SELECT count(*) FROM {quote_pg_table(self.source)} WHERE {column} >= "
+            f"{self._parameter(1, column_name)} AND {column} <= "
+            f"{self._parameter(2, column_name)} AND ({live_rows})"
+        )
+
     def _parameter(self, number: int, column_name: str) -> str:
         """`$number` cast to the column's own type, so the comparison can use its index."""
         return f"${number}::{self.column(column_name).type.name}"

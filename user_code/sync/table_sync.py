@@ -16,7 +16,7 @@ from user_code.sync.compare import Comparison, compare_content
 from user_code.sync.deletes import Reconciliation, reconcile_deletes
 from user_code.sync.errors import SyncError
 from user_code.sync.keys import PrimaryKey
-from user_code.sync.load import insert_batch
+from user_code.sync.load import deleted_flags, insert_batch
 from user_code.sync.open_transactions import OpenTransactions, open_transactions
 from user_code.sync.postgres import connect, count_rows
 from user_code.sync.prepare import (
@@ -26,7 +26,7 @@ from user_code.sync.prepare import (
     prepare_table,
     replicated_database,
 )
-from user_code.sync.reread import loaded_row_keys, without_loaded_rows
+from user_code.sync.reread import HeldRows, held_rows, newer_than_held
 from user_code.sync.settings import Progress, TableSettings, no_progress
 from user_code.sync.snapshot import page_ranges, share_snapshot
 from user_code.sync.source_table import SourceTable
@@ -34,6 +34,7 @@ from user_code.sync.streaming import Batches, read_ahead
 from user_code.sync.target_table import TargetTable
 from user_code.sync.validate import validate_source
 from user_code.sync.watermark import Cursor, as_utc, latest
+from user_code.sync.window import Window, WindowCounts, count_window
 
 # A long load says how far it got this often; a short one only in its step's metadata (each
 # log line is an event Dagster stores, and a run of many tables has many short steps).
@@ -49,6 +50,10 @@ class StepResult:
     updated_at: datetime | None
     open_since: datetime | None  # the oldest transaction open as the read began, if known
     held_back: timedelta  # how much earlier an open transaction made the read start
+    read_from: datetime | None  # where the cursor read started; None: the whole table
+    # Live rows written under keys the target did not hold; None where a read cannot tell (a
+    # read by the version finds keys whose older versions lie before its window).
+    rows_added: int | None
 
     @property
     def rows_per_second(self) -> float:
@@ -67,6 +72,7 @@ def target_table_for(
         version_column=settings.version_column,
         layout=settings.layout,
         cluster=cluster,
+        cursor_columns=settings.cursors,
     )
 
 
@@ -199,13 +205,13 @@ class TableSync:
         target: TargetTable | None = None,
     ) -> StepResult:
         """Insert `batches` into `target` (default: the table's), leaving out rows ClickHouse
-        already holds at the same version."""
+        already holds at the same version or a newer one."""
         target = target or self.target
         started = time.monotonic()
-        loaded = pa.array([], pa.string())
+        held = HeldRows.nothing()
         if cursor is not None and cursor.start is not None:
-            loaded = loaded_row_keys(self.clickhouse, target, cursor.start)
-        rows_read = rows_written = 0
+            held = held_rows(self.clickhouse, target, cursor.column, cursor.start)
+        rows_read = rows_written = rows_added = 0
         reported = 0.0
         created_at = updated_at = None
         with closing(batches):
@@ -213,10 +219,11 @@ class TableSync:
                 rows_read += batch.num_rows
                 created_at = latest(created_at, _max_time(batch, self.settings.created_at))
                 updated_at = latest(updated_at, _max_time(batch, self.settings.updated_at))
-                fresh = without_loaded_rows(batch, loaded, target)
+                fresh, key_was_held = newer_than_held(batch, held, target)
                 if fresh.num_rows:
                     insert_batch(self.clickhouse, target, fresh, self.settings.soft_delete)
                     rows_written += fresh.num_rows
+                    rows_added += self._live_rows(fresh.filter(pc.invert(key_was_held)))
                 elapsed = time.monotonic() - started
                 if elapsed >= reported + PROGRESS_EVERY_S:
                     reported = elapsed
@@ -224,16 +231,34 @@ class TableSync:
                         f"{self.settings.source}: {rows_read:,} rows read, {rows_written:,} "
                         f"written ({rows_read / elapsed:,.0f} rows/s)"
                     )
-        held_back = cursor.held_back if cursor else timedelta(0)
-        seconds = time.monotonic() - started
+        counts_keys = cursor is None or cursor.column == self.settings.created_at
         return StepResult(
-            rows_read, rows_written, seconds, created_at, updated_at, transactions.since, held_back
+            rows_read,
+            rows_written,
+            time.monotonic() - started,
+            created_at,
+            updated_at,
+            transactions.since,
+            held_back=cursor.held_back if cursor else timedelta(0),
+            read_from=cursor.start if cursor else None,
+            rows_added=rows_added if counts_keys else None,
         )
+
+    def _live_rows(self, batch: pa.RecordBatch) -> int:
+        flags = deleted_flags(batch, self.settings.soft_delete)
+        return int(batch.num_rows - (pc.sum(flags).as_py() or 0))
 
     def reconcile_deletes(self) -> Reconciliation:
         """Tombstones for keys ClickHouse still serves but Postgres no longer has."""
         primary_key = PrimaryKey(self.source, self.target)
         return reconcile_deletes(self.postgres, self.clickhouse, primary_key, self.progress)
+
+    def count_window(self, window: Window) -> WindowCounts:
+        """Live rows of `window` in Postgres and in ClickHouse (see window.py)."""
+        live_rows = self.source.live_row_filter(self.settings.soft_delete)
+        return count_window(
+            self.postgres, self.clickhouse, self.source, self.target, live_rows, window
+        )
 
     def compare_content(self) -> Comparison:
         """Live rows on both sides, compared column by column (counts and checksums)."""

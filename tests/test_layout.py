@@ -109,7 +109,7 @@ def test_a_table_the_user_created_is_used_as_it_is(customers, sync_env, ch, clic
     ch.command(CUSTOMERS_BY_HAND.format(table=table))
     insert_customers(customers, 20)
     instance = dg.DagsterInstance.ephemeral()
-    run_sync(instance)
+    first = run_sync(instance)
     insert_customers(customers, 5)
     run_sync(instance, full_refresh=True)  # into the user's table: never rebuilt by pg2ch
 
@@ -119,6 +119,15 @@ def test_a_table_the_user_created_is_used_as_it_is(customers, sync_env, ch, clic
         "toYYYYMM(created_at)",
     )
     assert "TTL" in engine
+    # Not altered: the log says how to index the cursor columns, to spare each run a full read.
+    messages = [entry.user_message for entry in instance.all_logs(first.run_id)]
+    for column in ("created_at", "updated_at"):
+        assert any(
+            f"no skip index on `{column}`" in message
+            and f"ADD INDEX IF NOT EXISTS `pg2ch_minmax_{column}` `{column}` TYPE minmax" in message
+            for message in messages
+        )
+    assert "pg2ch_minmax" not in ch.query(f"SHOW CREATE TABLE {table}").result_rows[0][0]
     verify = run_sync(instance, job_name="verify_clickhouse")
     failed = [c.metadata for c in verify.get_asset_check_evaluations() if not c.passed]
     assert not failed, failed

@@ -8,6 +8,7 @@ import pytest
 from sync_support import demo_config, run_sync, step_metadata
 
 from demo.seed import insert_customers, update_customers
+from user_code import steps
 from user_code.state import TableKeys, stored_watermarks
 
 pytestmark = pytest.mark.usefixtures("sync_env")
@@ -234,3 +235,17 @@ def test_row_count_is_exact_after_a_load_and_a_verify_and_counted_on_in_between(
     assert observed.event_specific_data.asset_observation.metadata["dagster/row_count"].value == 107
     insert_customers(customers, 2)
     assert row_counts(run_sync(instance, config)) == {"new_records": 109, "updates": 109}
+
+
+def test_freshness_fails_when_the_source_is_further_ahead_than_the_limit(monkeypatch, customers):
+    """The source's newest `updated_at`, an hour past what the run read (as if rows kept
+    arriving after it), against the 30-minute default limit."""
+    insert_customers(customers, 10)
+    ahead = datetime.now(UTC) + timedelta(hours=1)
+    monkeypatch.setattr(steps, "latest_timestamps", lambda *_: [ahead])
+
+    result = run_sync(dg.DagsterInstance.ephemeral())
+
+    (freshness,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "freshness"]
+    assert not freshness.passed
+    assert 3500 < freshness.metadata["lag_s"].value < 3700

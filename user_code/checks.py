@@ -22,12 +22,9 @@ from user_code.state import (
     WINDOW_PARITY,
     TableKeys,
     lag,
-    stored_watermarks,
 )
 from user_code.steps import TableSteps
 from user_code.sync.compare import Comparison
-from user_code.sync.postgres import latest_timestamps
-from user_code.sync.table_sync import TableSync
 from user_code.sync.watermark import to_text
 
 
@@ -39,11 +36,11 @@ def sync_check_specs(spec: TableSpec, keys: TableKeys) -> list[dg.AssetCheckSpec
             asset=keys.last_step,
             description=(
                 f"The live rows of {spec.source} whose `{spec.updated_at or spec.created_at}` "
-                "lies in the "
-                "window this run read (from where its read started to the watermark it "
-                f"reached) equal the keys of ClickHouse `{spec.target}` whose newest version "
-                "lies there. Each engine counts by its index, so the check costs what the run "
-                "read; the whole table is counted by `row_count_parity` in verify_clickhouse. "
+                "lies in the window this run read (from where its read started to the "
+                f"watermark it reached) equal the keys of ClickHouse `{spec.target}` whose "
+                "newest version lies there. Each engine counts by its index, so the check costs "
+                "what the run read; the whole table is counted by `row_count_parity` in "
+                "verify_clickhouse. "
                 "A warning while writes are in flight; a lasting gap means rows were lost."
             )
             if spec.cursors
@@ -72,7 +69,7 @@ def evaluate_sync_checks(
     if WINDOW_PARITY in selected:
         yield _window_parity(keys, steps)
     if FRESHNESS in selected:
-        yield _freshness(context.instance, spec, keys, steps.table)
+        yield _freshness(context.instance, spec, keys, steps)
 
 
 def _window_parity(keys: TableKeys, steps: TableSteps) -> dg.AssetCheckResult:
@@ -93,7 +90,7 @@ def _window_parity(keys: TableKeys, steps: TableSteps) -> dg.AssetCheckResult:
 
 
 def _freshness(
-    instance: dg.DagsterInstance, spec: TableSpec, keys: TableKeys, table: TableSync
+    instance: dg.DagsterInstance, spec: TableSpec, keys: TableKeys, steps: TableSteps
 ) -> dg.AssetCheckResult:
     def result(
         passed: bool, description: str | None = None, **metadata: float | str | None
@@ -113,9 +110,7 @@ def _freshness(
             return result(False, f"{spec.source} was never synced.")
         age = max(time.time() - event.timestamp, 0.0)
         return result(age <= spec.freshness_limit.total_seconds(), lag_s=round(age, 3))
-    (source_latest,) = latest_timestamps(table.postgres, spec.source, [column])
-    created, updated = stored_watermarks(instance, keys)
-    watermark = updated if spec.updated_at else created
+    source_latest, watermark = steps.newest_in_source(column), steps.watermark
     if source_latest is None:  # an empty source table is always fresh
         return result(True, lag_s=0.0)
     if watermark is None:

@@ -29,6 +29,7 @@ from user_code.state import (
     stored_row_count,
     table_metadata,
 )
+from user_code.sync.ddl import add_cursor_index_sql, materialize_cursor_index_sql
 from user_code.sync.postgres import latest_timestamps
 from user_code.sync.prepare import Prepared
 from user_code.sync.rebuild import drop_leftovers, rebuild, replace_whole
@@ -53,18 +54,20 @@ class TableSteps:
         self.empty = False  # whether the table holds no row yet
         # The versions the last step read, for the parity check; None until a step read.
         self.window: Window | None = None
+        self._newest: dict[str, datetime | None] = {}
 
     def prepare(self) -> Prepared:
         """The ClickHouse table made ready for the steps (see user_code/sync/prepare.py)."""
         prepared = self.table.prepare()
         if prepared.rebuild is None and self.spec.mode != "replace":
             drop_leftovers(self.table)
+        target = self.table.target
         for column in prepared.unindexed:
             self.table.progress(
                 f"{self.spec.source}: no skip index on `{column}` in your ClickHouse table "
-                f"{self.spec.target}: each run reads that column whole; add one with "
-                f"`ALTER TABLE ... ADD INDEX pg2ch_minmax_{column} {column} TYPE minmax`, then "
-                f"`MATERIALIZE INDEX pg2ch_minmax_{column}`"
+                f"{target.name}: each run reads that column whole; add one: "
+                f"{add_cursor_index_sql(target, column)}; "
+                f"{materialize_cursor_index_sql(target, column)}"
             )
         if prepared.created:
             self.row_count, self.empty = 0, True
@@ -108,10 +111,7 @@ class TableSteps:
         self._count(result)
         self.updated = self.updated.advanced(result.updated_at, result)
         self.window = Window(self.spec.updated_at, result.read_from, self.updated.watermark)
-        (source_latest,) = latest_timestamps(
-            self.table.postgres, self.spec.source, [self.spec.updated_at]
-        )
-        behind = lag(source_latest, self.updated.watermark)
+        behind = lag(self.newest_in_source(self.spec.updated_at), self.updated.watermark)
         return self._materialization(
             self.keys.updates,
             result,
@@ -133,6 +133,19 @@ class TableSteps:
         elif self.row_count is not None and result.rows_added is not None:
             self.row_count += result.rows_added
         self.empty = self.empty and result.rows_written == 0
+
+    @property
+    def watermark(self) -> datetime | None:
+        """How far the table is synced: the version column's stored watermark."""
+        return self.updated.watermark if self.spec.updated_at else self.created.watermark
+
+    def newest_in_source(self, column: str) -> datetime | None:
+        """The newest value of `column` in the source (through its index), read once a run."""
+        if column not in self._newest:
+            (self._newest[column],) = latest_timestamps(
+                self.table.postgres, self.spec.source, [column]
+            )
+        return self._newest[column]
 
     def read_window(self) -> Window:
         """The versions the last step of this run read; where no step read, those the next

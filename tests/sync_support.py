@@ -1,13 +1,17 @@
-"""Helpers shared by the sync tests: the demo config and one run of the job."""
+"""Helpers shared by the sync tests: the demo config, one run of a job, statements on the
+source, and what ClickHouse holds."""
 
 import os
 
+import adbc_driver_postgresql.dbapi as adbc
 import dagster as dg
+from clickhouse_connect.driver.client import Client
 
 from user_code.config import parse_sync_config
 from user_code.definitions import build_definitions
 from user_code.plan import Plan, plan_tables
 from user_code.resources import ClickHouseResource
+from user_code.state import CONTENT_CHECKSUM
 from user_code.sync.compare import Comparison
 from user_code.sync.postgres import connect
 from user_code.sync.table_sync import TableSync
@@ -20,6 +24,15 @@ CREATE TABLE public.order_lines (
     PRIMARY KEY (order_id, line)
 )
 """
+
+
+def execute(connection: adbc.Connection, *statements: str) -> None:
+    """The statements, in order, then a commit (which ends an application's transaction; the
+    sync's own connections run in autocommit)."""
+    with connection.cursor() as cursor:
+        for statement in statements:
+            cursor.execute(statement)
+    connection.commit()
 
 
 def demo_config(**overrides) -> Plan:
@@ -52,6 +65,31 @@ def run_sync(
     )
 
 
+def content_checks(
+    instance: dg.DagsterInstance, config: Plan
+) -> dict[str, dg.AssetCheckEvaluation]:
+    """A run of the verify job: each table's `content_checksum`, by ClickHouse table. Every
+    planned table has one, so a check that did not run fails here rather than passing unseen."""
+    verify = run_sync(instance, config, job_name="verify_clickhouse")
+    evaluations = {
+        evaluation.asset_key.path[0]: evaluation
+        for evaluation in verify.get_asset_check_evaluations()
+        if evaluation.check_name == CONTENT_CHECKSUM
+    }
+    assert sorted(evaluations) == sorted(spec.target for spec in config.tables), evaluations
+    return evaluations
+
+
+def assert_content_equal(instance: dg.DagsterInstance, config: Plan) -> None:
+    """The verify job's `content_checksum` ran for every table and passed."""
+    failed = {
+        table: {name: value.value for name, value in evaluation.metadata.items()}
+        for table, evaluation in content_checks(instance, config).items()
+        if not evaluation.passed
+    }
+    assert not failed, failed
+
+
 def compare(config: Plan) -> Comparison:
     """Postgres against ClickHouse `FINAL`, every column of every row of the first table."""
     clickhouse = ClickHouseResource(url=os.environ["CLICKHOUSE_URL"])
@@ -66,3 +104,17 @@ def step_metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
         event.asset_key.path[-1]: {k: v.value for k, v in event.materialization.metadata.items()}
         for event in result.get_asset_materialization_events()
     }
+
+
+def live_rows(ch: Client, database: str, table: str = "customers") -> int:
+    """The rows a ClickHouse table serves: one per key (FINAL), deletions left out."""
+    sql = f"SELECT count() FROM `{database}`.`{table}` FINAL WHERE _is_deleted = 0"
+    return ch.query(sql).result_rows[0][0]
+
+
+def tables_in(ch: Client, database: str) -> list[str]:
+    rows = ch.query(
+        "SELECT name FROM system.tables WHERE database = {db:String} ORDER BY name",
+        parameters={"db": database},
+    ).result_rows
+    return [name for (name,) in rows]

@@ -5,18 +5,18 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 
 import dagster as dg
+import pyarrow.compute as pc
 import pytest
 import yaml
-from sync_support import run_sync
+from fault_support import intercept_inserts, reading_throughout
+from sync_support import assert_content_equal, execute, run_sync, tables_in
 
 from demo.stack import REPO_ROOT
 from user_code.config import parse_sync_config
 from user_code.plan import Plan, plan_tables
-from user_code.sync import streaming, table_sync
+from user_code.sync import streaming
 from user_code.sync.discovery import list_tables
 from user_code.sync.errors import SyncError
 from user_code.sync.postgres import connect
@@ -57,13 +57,6 @@ SHOP = [
 ]
 
 DEFAULTS = {"created_at": "created_at", "updated_at": "updated_at", "mode": "auto"}
-
-
-def execute(connection, *statements: str) -> None:
-    with connection.cursor() as cursor:
-        for statement in statements:
-            cursor.execute(statement)
-    connection.commit()
 
 
 def plan(connection, raw: dict) -> Plan:
@@ -246,13 +239,13 @@ def test_append_and_replace_stay_exact(shop, sync_env, ch, clickhouse, monkeypat
     assert [row[0] for row in clickhouse_rows(ch, clickhouse, "events")] == list(range(6, 61))
     assert clickhouse_rows(ch, clickhouse, "countries") == [
         ("BR", "Brazil"), ("DE", "Deutschland"), ("JP", "Japan")]  # fmt: skip
-    verify = run_sync(instance, result, job_name="verify_clickhouse")
-    assert all(check.passed for check in verify.get_asset_check_evaluations())
+    assert_content_equal(instance, result)
 
 
 @pytest.fixture
 def codes(shop, ch, clickhouse, monkeypatch) -> TableSync:
-    """A lookup table of 3,000 rows in replace mode, loaded once, read in small batches."""
+    """A lookup table of 3,000 rows in replace mode, loaded once, read in small batches; since
+    then 1,000 rows were added and 300 changed in Postgres."""
     monkeypatch.setattr(streaming, "BATCH_SIZE_HINT_BYTES", 16 * 1024)
     execute(
         shop,
@@ -273,62 +266,52 @@ def codes(shop, ch, clickhouse, monkeypatch) -> TableSync:
     return table
 
 
-def live_rows(client, table: TableSync) -> int:
-    return client.query(f"SELECT count() FROM {table.target.qualified_name} FINAL").result_rows[0][
-        0
-    ]
+def served(client, table: TableSync) -> tuple[int, int]:
+    """What readers of the table get: its live rows and a checksum of their content."""
+    return client.query(content_sql(table)).result_rows[0]
 
 
-def test_readers_see_the_old_table_or_the_new_one_while_a_replace_runs(codes, clickhouse):
-    seen: list[tuple[float, int | str]] = []  # (when, live rows or the error a read raised)
-    reading, done = threading.Event(), threading.Event()
+def content_sql(table: TableSync) -> str:
+    return (
+        f"SELECT count(), sum(cityHash64(code, label)) FROM {table.target.qualified_name} "
+        "FINAL WHERE _is_deleted = 0"
+    )
 
-    def read_continuously():
-        with clickhouse.get_client() as reader:  # a connection of its own
-            while not done.is_set():
-                try:
-                    seen.append((time.monotonic(), live_rows(reader, codes)))
-                except Exception as error:  # a missing or half-built table shows here
-                    seen.append((time.monotonic(), type(error).__name__))
-                reading.set()
 
-    reader = threading.Thread(target=read_continuously)
-    reader.start()
-    try:
-        reading.wait(timeout=30)
-        started = time.monotonic()
+def test_readers_see_the_old_table_or_the_new_one_while_a_replace_runs(
+    codes, clickhouse, monkeypatch
+):
+    old = served(codes.clickhouse, codes)
+    with reading_throughout(clickhouse, content_sql(codes), monkeypatch) as readings:
         result = replace_whole(codes)
-        ended = time.monotonic()
-    finally:
-        done.set()
-        reader.join()
-    during = [value for when, value in seen if started <= when <= ended]
+    new = served(codes.clickhouse, codes)
+
     assert result.rows_written == 4000
-    assert during, "no read happened while the replace ran"
-    assert {value for _, value in seen} <= {3000, 4000}, sorted({str(v) for _, v in seen})
-    assert live_rows(codes.clickhouse, codes) == 4000
+    assert (old[0], new[0]) == (3000, 4000)
+    assert readings.after_inserts > 10, "the replace should load in many batches"
+    # never an error, a missing table, or a table partly old and partly new
+    assert set(readings.seen) <= {old, new}, sorted({str(sample) for sample in readings.seen})
     assert codes.compare_content().equal
 
 
 def test_a_replace_cut_short_leaves_the_old_table_serving(codes, monkeypatch):
-    insert_batch = table_sync.insert_batch
+    old = served(codes.clickhouse, codes)
 
-    def insert_then_crash(client, target, batch, soft_delete_column):
-        insert_batch(client, target, batch, soft_delete_column)
-        raise ConnectionError("killed after one batch")
+    def insert_then_die_on_changed_rows(target, batch, insert) -> None:
+        insert(batch)
+        if pc.any(pc.equal(batch.column("label"), "changed")).as_py():
+            raise ConnectionError("killed after loading changed rows")
 
     with monkeypatch.context() as patch:
-        patch.setattr(table_sync, "insert_batch", insert_then_crash)
+        intercept_inserts(patch, insert_then_die_on_changed_rows)
         with pytest.raises(ConnectionError):
             replace_whole(codes)
-    assert live_rows(codes.clickhouse, codes) == 3000  # the old table, whole
+    assert served(codes.clickhouse, codes) == old  # the old table, whole and unchanged
     assert not codes.compare_content().equal  # and not yet the new content
 
     replace_whole(codes)
-    assert live_rows(codes.clickhouse, codes) == 4000
+    assert served(codes.clickhouse, codes)[0] == 4000
     assert codes.compare_content().equal
-    tables = codes.clickhouse.query(
-        "SELECT name FROM system.tables WHERE database = {db:String}",
-        parameters={"db": codes.target.database},
-    ).result_rows
-    assert tables == [("codes",)]  # the cut-short load was dropped
+    assert tables_in(codes.clickhouse, codes.target.database) == [
+        "codes"
+    ]  # the cut-short load was dropped

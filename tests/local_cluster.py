@@ -208,7 +208,7 @@ def cpus(quantity: str) -> float:
 def security_context(pod_spec: dict[str, Any]) -> dict[str, Any]:
     """The (only) container's security context, the pod's settings beneath its own."""
     (container,) = pod_spec["containers"]
-    return {**pod_spec.get("securityContext", {}), **container.get("securityContext", {})}
+    return {**(pod_spec.get("securityContext") or {}), **(container.get("securityContext") or {})}
 
 
 def docker_run_options(

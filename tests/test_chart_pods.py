@@ -294,8 +294,8 @@ def test_run_job_gets_the_account_labels_resources_and_security_of_the_chart(run
     assert labels["dagster/code-location"] == CODE_SERVICE
     run_config = launcher["runK8sConfig"]
     assert container["resources"] == run_config["containerConfig"]["resources"]
-    assert container["securityContext"] == RESTRICTED_CONTAINER
-    assert pod["spec"]["securityContext"] == RESTRICTED_POD
+    assert container.get("securityContext") == RESTRICTED_CONTAINER
+    assert pod["spec"].get("securityContext") == RESTRICTED_POD
     assert (
         job["spec"]["ttlSecondsAfterFinished"]
         == run_config["jobSpecConfig"]["ttlSecondsAfterFinished"]

@@ -71,6 +71,11 @@ CASES = [
      [None, "[]", '["a",null,"b c"]']),
     ("integer[]", ["'{{1,2},{3,NULL}}'"], "Nullable(String)", "v",
      ["[[1,2],[3,null]]"]),
+    # floats as the shortest text that reads back exactly, time stamps in UTC
+    ("double precision[]", ["'{0.30000000000000004,NULL,-1.5e-300}'"], "Nullable(String)", "v",
+     ["[0.30000000000000004,null,-1.5e-300]"]),
+    ("timestamptz[]", ["'{2024-03-01 12:34:56.789012+02}'"], "Nullable(String)", "v",
+     ['["2024-03-01T10:34:56.789012+00:00"]']),
     # inet::text always writes the netmask: the same value, spelled out
     ("inet", ["'192.168.0.1/24'", "'::1'"], "Nullable(String)", "v", ["192.168.0.1/24", "::1/128"]),
     ("cidr", ["'10.0.0.0/8'"], "Nullable(String)", "v", ["10.0.0.0/8"]),

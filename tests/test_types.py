@@ -209,6 +209,9 @@ def test_type_without_lossless_form_is_a_clear_error(pg, ch, clickhouse, column_
         ("date[] NOT NULL", "'{2024-01-01,infinity}'", r"public\.t\.v: holds a date or"),
         ("numeric(10,2)", "'NaN'", r"public\.t\.v: holds NaN, which ClickHouse's Decimal"),
         ("numeric(4,1)[] NOT NULL", "'{1.5,NaN}'", r"public\.t\.v: holds NaN"),
+        ("integer[] NOT NULL", "'[0:2]={1,2,3}'", r"public\.t\.v: holds an array whose subs"),
+        ("text[]", "'[2:3]={a,b}'", r"public\.t\.v: holds an array whose subscripts do not"),
+        ("integer[]", "'[1:2][0:1]={{1,2},{3,4}}'", r"public\.t\.v: holds an array whose"),
     ],
 )
 def test_value_without_clickhouse_form_stops_the_sync(

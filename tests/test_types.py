@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from sync_support import demo_config
+from sync_support import demo_config, execute
 
 from user_code.sync import SyncError
 from user_code.sync.table_sync import StepResult, TableSync
@@ -85,17 +85,18 @@ CASES = [
 
 
 def _create_source(pg, column_type: str, literals: list[str]) -> None:
-    with pg.cursor() as cursor:
-        cursor.execute("CREATE TYPE mood AS ENUM ('sad', 'happy')")
-        cursor.execute("CREATE DOMAIN positive_int AS integer NOT NULL CHECK (VALUE > 0)")
-        cursor.execute(
-            f"CREATE TABLE public.t (id int PRIMARY KEY, v {column_type}, "
-            "created_at timestamptz NOT NULL DEFAULT now(), "
-            "updated_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for row_id, literal in enumerate(literals):
-            cursor.execute(f"INSERT INTO public.t (id, v) VALUES ({row_id}, {literal})")
-    pg.commit()
+    execute(
+        pg,
+        "CREATE TYPE mood AS ENUM ('sad', 'happy')",
+        "CREATE DOMAIN positive_int AS integer NOT NULL CHECK (VALUE > 0)",
+        f"CREATE TABLE public.t (id int PRIMARY KEY, v {column_type}, "
+        "created_at timestamptz NOT NULL DEFAULT now(), "
+        "updated_at timestamptz NOT NULL DEFAULT now())",
+        *(
+            f"INSERT INTO public.t (id, v) VALUES ({i}, {literal})"
+            for i, literal in enumerate(literals)
+        ),
+    )
 
 
 def _table_sync(pg, ch, clickhouse, **options) -> TableSync:

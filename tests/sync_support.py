@@ -11,7 +11,7 @@ from user_code.config import parse_sync_config
 from user_code.definitions import build_definitions
 from user_code.plan import Plan, plan_tables
 from user_code.resources import ClickHouseResource
-from user_code.state import CONTENT_CHECKSUM
+from user_code.state import CONTENT_CHECKSUM, ROW_COUNT_PARITY
 from user_code.sync.compare import Comparison
 from user_code.sync.postgres import connect
 from user_code.sync.table_sync import TableSync
@@ -65,26 +65,31 @@ def run_sync(
     )
 
 
-def content_checks(
+# What the verify job checks of every table.
+VERIFY_CHECKS = (CONTENT_CHECKSUM, ROW_COUNT_PARITY)
+
+
+def verify_checks(
     instance: dg.DagsterInstance, config: Plan
-) -> dict[str, dg.AssetCheckEvaluation]:
-    """A run of the verify job: each table's `content_checksum`, by ClickHouse table. Every
-    planned table has one, so a check that did not run fails here rather than passing unseen."""
+) -> dict[tuple[str, str], dg.AssetCheckEvaluation]:
+    """A run of the verify job: {(ClickHouse table, check name): evaluation}. Every planned
+    table has each of VERIFY_CHECKS, so a check that did not run fails here rather than
+    passing unseen."""
     verify = run_sync(instance, config, job_name="verify_clickhouse")
     evaluations = {
-        evaluation.asset_key.path[0]: evaluation
+        (evaluation.asset_key.path[0], evaluation.check_name): evaluation
         for evaluation in verify.get_asset_check_evaluations()
-        if evaluation.check_name == CONTENT_CHECKSUM
     }
-    assert sorted(evaluations) == sorted(spec.target for spec in config.tables), evaluations
+    expected = {(spec.target, check) for spec in config.tables for check in VERIFY_CHECKS}
+    assert set(evaluations) == expected, sorted(evaluations)
     return evaluations
 
 
-def assert_content_equal(instance: dg.DagsterInstance, config: Plan) -> None:
-    """The verify job's `content_checksum` ran for every table and passed."""
+def assert_verified(instance: dg.DagsterInstance, config: Plan) -> None:
+    """The verify job ran each of its checks on every table, and each passed."""
     failed = {
-        table: {name: value.value for name, value in evaluation.metadata.items()}
-        for table, evaluation in content_checks(instance, config).items()
+        key: {name: value.value for name, value in evaluation.metadata.items()}
+        for key, evaluation in verify_checks(instance, config).items()
         if not evaluation.passed
     }
     assert not failed, failed

@@ -11,7 +11,7 @@ import yaml
 from fault_support import crash_after, reading_throughout
 from sync_support import (
     ORDER_LINES,
-    assert_content_equal,
+    assert_verified,
     demo_config,
     execute,
     live_rows,
@@ -111,7 +111,7 @@ def test_a_table_the_user_created_is_used_as_it_is(customers, sync_env, ch, clic
         "toYYYYMM(created_at)",
     )
     assert "TTL" in engine
-    assert_content_equal(instance, demo_config())
+    assert_verified(instance, demo_config())
 
 
 def test_the_plan_prints_ddl_that_makes_a_table_of_the_user_s(
@@ -141,7 +141,7 @@ def test_the_plan_prints_ddl_that_makes_a_table_of_the_user_s(
     sorting_key, partition_key, _ = table_row(ch, clickhouse, "order_lines")
     assert prepare.key_columns(sorting_key) == ("sku", "order_id", "line")
     assert partition_key == "toYYYYMM(created_at)"
-    assert_content_equal(instance, plan)
+    assert_verified(instance, plan)
 
 
 UNUSABLE = {
@@ -282,7 +282,7 @@ def test_a_rebuild_keeps_the_table_whole_for_its_readers(
     assert after != before, "the rebuilt table is not the one readers use"
     assert tuple(rebuilt) == layout
     assert tables_in(ch, clickhouse.database) == ["order_lines"]
-    assert_content_equal(instance, config)
+    assert_verified(instance, config)
 
 
 KILLS = {
@@ -313,7 +313,7 @@ def test_a_rebuild_killed_at_any_moment_leaves_a_whole_table_and_the_rerun_is_ex
     else:
         assert steps["initial_load"]["rebuilt_because"].startswith("order_by is (order_id, line)")
     assert tables_in(ch, clickhouse.database) == ["order_lines"]
-    assert_content_equal(instance, config)
+    assert_verified(instance, config)
 
 
 def kill_at(patch: pytest.MonkeyPatch, where: str) -> None:

@@ -38,6 +38,16 @@ CHART_VARIANTS_DIR = REPO_ROOT.parent / "shared" / "dagster-chart-variants"
 RUN_COORDINATOR_TEMPLATE = Path("templates/helpers/instance/_run-coordinator.tpl")
 # The older upstream version of that template (see the variants' README).
 OLD_RUN_COORDINATOR = "_run-coordinator.tpl.7b875469"
+# The Pod Security Standards' `restricted` profile as the code server's and the run's pods meet
+# it: the image's user (never root), the runtime's seccomp profile, and containers that drop
+# every capability and cannot gain privileges.
+RESTRICTED_POD = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 # Stands for the tag skaffold computes from the build context (tagPolicy: inputDigest).
 ARTIFACT_TAG = "3f1c2a9b8d7e"
 USER_CODE_IMAGE = f"{IMAGE}:{ARTIFACT_TAG}"

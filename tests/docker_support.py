@@ -33,6 +33,17 @@ from waiting import wait_until
 from demo.stack import start_service, stop_services
 
 STAND_IN_LABEL = "pg2ch.stand-in"
+_NO_CAPABILITIES = "0000000000000000"
+# What a process in our pods may do, as the kernel reports it: the image's user and group, no
+# capability in any set (not even in the bounding set, so none can be gained), no_new_privs
+# (setuid binaries grant nothing), and a seccomp filter (the runtime's default profile).
+UNPRIVILEGED = {
+    "Uid": "1000 1000 1000 1000",
+    "Gid": "1000 1000 1000 1000",
+    **dict.fromkeys(["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"], _NO_CAPABILITIES),
+    "NoNewPrivs": "1",
+    "Seccomp": "2",
+}
 DAEMON_START_TIMEOUT_S = 60
 BUILD_TIMEOUT_S = 900
 _BOOKWORM_MIRROR = "http://deb.debian.org/debian"
@@ -93,6 +104,12 @@ class DockerEngine:
         except (FileNotFoundError, subprocess.TimeoutExpired):
             return False
         return version.returncode == 0
+
+
+def privileges(status: str) -> dict[str, str]:
+    """The fields of UNPRIVILEGED in a process's /proc/<pid>/status."""
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return {name: " ".join(fields[name].split()) for name in UNPRIVILEGED if name in fields}
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import copy
 import random
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +25,35 @@ import dagster as dg
 import pytest
 import yaml
 from chart_support import Objects
-from k8s_support import NAMESPACE, helm_release, resolved_env
+from k8s_support import NAMESPACE, helm_release, resolved_env, secret_data
+from waiting import wait_until
 
 RELEASE = helm_release()["name"]
 INSTANCE_CONFIG_MAP = f"{RELEASE}-instance"
 WORKSPACE_CONFIG_MAP = f"{RELEASE}-workspace-yaml"
 STORAGES = ("run_storage", "event_log_storage", "schedule_storage")
+CODE_SERVER = f"{RELEASE}-dagster-user-deployments-pg2ch"  # the code server's Deployment
+CODE_SERVICE = "pg2ch"  # its Service, and the code location's name
+SOURCE_ROWS = 5000  # seeded by k8s/postgres-source.yaml's init script
+# The database CLICKHOUSE_URL names; in a container it is a chDB directory mounted here, since
+# no ClickHouse server runs on this machine.
+ANALYTICS = urlsplit(secret_data("clickhouse-sync")["CLICKHOUSE_URL"]).path.strip("/")
+CONTAINER_CHDB_DIR = "/var/lib/pg2ch-chdb"
+READY_TIMEOUT_S = 180
+RUN_TIMEOUT_S = 300
+
+
+def wait_until_ready(
+    what: str, ready: Callable[[], bool], running: Callable[[], bool], logs: Callable[[], str]
+) -> None:
+    """Poll a pod's readiness probe (`ready`) until it passes; fail at once, with the pod's
+    logs, if its process is no longer `running`."""
+
+    def passes() -> bool:
+        assert running(), f"{what} exited\n{logs()}"
+        return ready()
+
+    wait_until(passes, READY_TIMEOUT_S, f"{what} ready", logs)
 
 
 def loopback_addresses(objects: Objects) -> dict[str, str]:
@@ -185,7 +208,7 @@ def cpus(quantity: str) -> float:
 def security_context(pod_spec: dict[str, Any]) -> dict[str, Any]:
     """The (only) container's security context, the pod's settings beneath its own."""
     (container,) = pod_spec["containers"]
-    return {**pod_spec.get("securityContext", {}), **container.get("securityContext", {})}
+    return {**(pod_spec.get("securityContext") or {}), **(container.get("securityContext") or {})}
 
 
 def docker_run_options(
@@ -195,23 +218,13 @@ def docker_run_options(
     env_overrides: dict[str, str] | None = None,
 ) -> list[str]:
     """`docker run` options that give a container what the pod spec gives the pod's (only)
-    container: its user and group, no privilege escalation, its capabilities, its memory and
-    CPU limits, its environment (env and envFrom resolved, then `env_overrides`; written to a
-    file below `files`, not to the command line), and its
+    container: its user and group, no privilege escalation, its capabilities, its seccomp
+    profile, its memory and CPU limits, its environment (env and envFrom resolved, then
+    `env_overrides`; written to a file below `files`, not to the command line), and its
     volumes (ConfigMaps written below `files`) mounted at their mount paths.
     Containers share the host's network: the Services' stand-ins listen on its loopback."""
     (container,) = pod_spec["containers"]
-    security = security_context(pod_spec)
-    options = ["--network", "host"]
-    if "runAsUser" in security:
-        options += ["--user", f"{security['runAsUser']}:{security.get('runAsGroup', 0)}"]
-    if security.get("allowPrivilegeEscalation") is False:
-        options += ["--security-opt", "no-new-privileges"]
-    capabilities = security.get("capabilities", {})
-    options += [f"--cap-drop={name}" for name in capabilities.get("drop", [])]
-    options += [f"--cap-add={name}" for name in capabilities.get("add", [])]
-    if security.get("readOnlyRootFilesystem"):
-        options.append("--read-only")
+    options = ["--network", "host", *_security_options(security_context(pod_spec))]
     limits = container.get("resources", {}).get("limits", {})
     if "memory" in limits:
         options += ["--memory", str(memory_bytes(limits["memory"]))]
@@ -230,4 +243,24 @@ def docker_run_options(
         source.chmod(0o755 if source.is_dir() else 0o644)
         read_only = mount.get("readOnly") or "configMap" in volumes[mount["name"]]
         options += ["--volume", f"{source}:{mount['mountPath']}{':ro' if read_only else ''}"]
+    return options
+
+
+def _security_options(security: dict[str, Any]) -> list[str]:
+    """A security context as `docker run` options. Without a seccompProfile a kubelet runs the
+    container unconfined (its default), where Docker would apply its own profile."""
+    options = []
+    if "runAsUser" in security:
+        options += ["--user", f"{security['runAsUser']}:{security.get('runAsGroup', 0)}"]
+    if security.get("allowPrivilegeEscalation") is False:
+        options += ["--security-opt", "no-new-privileges"]
+    capabilities = security.get("capabilities", {})
+    options += [f"--cap-drop={name}" for name in capabilities.get("drop", [])]
+    options += [f"--cap-add={name}" for name in capabilities.get("add", [])]
+    seccomp = security.get("seccompProfile", {}).get("type", "Unconfined")
+    assert seccomp in {"Unconfined", "RuntimeDefault"}, f"no Docker form of seccomp {seccomp}"
+    if seccomp == "Unconfined":
+        options += ["--security-opt", "seccomp=unconfined"]
+    if security.get("readOnlyRootFilesystem"):
+        options.append("--read-only")
     return options

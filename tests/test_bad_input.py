@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import dagster as dg
 import pytest
-from sync_support import demo_config, run_sync
+from sync_support import demo_config, execute, run_sync, tables_in
 
 from demo.seed import insert_customers
 from user_code.config import load_sync_config, parse_sync_config
@@ -97,11 +97,7 @@ def failed_run(sync_env, customers, ch, clickhouse):
     def run(config) -> str:
         result = run_sync(dg.DagsterInstance.ephemeral(), config, raise_on_error=False)
         assert not result.success
-        tables = ch.query(
-            "SELECT count() FROM system.tables WHERE database = {db:String}",
-            parameters={"db": clickhouse.database},
-        ).result_rows[0][0]
-        assert tables == 0, "a failed configuration must not write anything"
+        assert tables_in(ch, clickhouse.database) == [], "a failed configuration writes nothing"
         return result.get_step_failure_events()[0].step_failure_data.error.message
 
     return run
@@ -123,16 +119,12 @@ def test_config_that_does_not_match_the_source(failed_run, overrides, message):
 
 
 def test_nullable_updated_at_is_refused(failed_run, customers):
-    with customers.cursor() as cursor:
-        cursor.execute("ALTER TABLE customers ADD COLUMN touched_at timestamptz")
-    customers.commit()
+    execute(customers, "ALTER TABLE customers ADD COLUMN touched_at timestamptz")
     assert "`updated_at` must be NOT NULL" in failed_run(demo_config(updated_at="touched_at"))
 
 
 def test_source_column_named_like_pg2ch_own_column_is_refused(failed_run, customers):
-    with customers.cursor() as cursor:
-        cursor.execute("ALTER TABLE customers ADD COLUMN _is_deleted boolean")
-    customers.commit()
+    execute(customers, "ALTER TABLE customers ADD COLUMN _is_deleted boolean")
     message = failed_run(demo_config())
     assert "public.customers._is_deleted: pg2ch uses this column name itself" in message
     assert "sync a view that renames the column" in message
@@ -140,16 +132,13 @@ def test_source_column_named_like_pg2ch_own_column_is_refused(failed_run, custom
 
 def test_table_name_with_quotes_and_sql_is_quoted_not_run(sync_env, customers, ch, clickhouse):
     hostile = 'weird"name; DROP TABLE customers; --'
-    with customers.cursor() as cursor:
-        cursor.execute(
-            'CREATE TABLE public."weird""name; DROP TABLE customers; --" ('
-            '"id; --" bigint PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now(), '
-            "updated_at timestamptz NOT NULL DEFAULT now())"
-        )
-        cursor.execute(
-            'INSERT INTO public."weird""name; DROP TABLE customers; --" ("id; --") VALUES (1), (2)'
-        )
-    customers.commit()
+    execute(
+        customers,
+        'CREATE TABLE public."weird""name; DROP TABLE customers; --" ('
+        '"id; --" bigint PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now(), '
+        "updated_at timestamptz NOT NULL DEFAULT now())",
+        'INSERT INTO public."weird""name; DROP TABLE customers; --" ("id; --") VALUES (1), (2)',
+    )
 
     # not a plain name: the ClickHouse table and the assets get a derived one
     config = demo_config(source=f"public.{hostile}", primary_key=["id; --"])

@@ -11,6 +11,7 @@ runs as the pod would.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -25,7 +26,14 @@ import kubernetes_validate
 import psycopg2
 import pytest
 import yaml
-from chart_support import USER_CODE_IMAGE, Objects, cluster, unresolved_references
+from chart_support import (
+    RESTRICTED_CONTAINER,
+    RESTRICTED_POD,
+    USER_CODE_IMAGE,
+    Objects,
+    cluster,
+    unresolved_references,
+)
 from clickhouse_connect import get_client
 from cluster_postgres import PSQL
 from dagster._config import process_config
@@ -34,6 +42,7 @@ from dagster._core.remote_origin import GrpcServerCodeLocationOrigin
 from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import deserialize_value
 from dagster_k8s import K8sRunLauncher
+from docker_support import UNPRIVILEGED, privileges
 from e2e_support import JOB, SENSOR, assert_lists_the_sync
 from k8s_support import (
     NAMESPACE,
@@ -45,13 +54,20 @@ from k8s_support import (
     values,
 )
 from local_cluster import (
+    ANALYTICS,
+    CODE_SERVER,
+    CODE_SERVICE,
+    CONTAINER_CHDB_DIR,
     INSTANCE_CONFIG_MAP,
+    RUN_TIMEOUT_S,
+    SOURCE_ROWS,
     LocalPod,
     docker_run_options,
     local_pod,
     localize,
     pod_instance,
     security_context,
+    wait_until_ready,
 )
 from waiting import wait_until
 
@@ -69,12 +85,8 @@ from user_code.plan import Plan, load_plan
 from user_code.sync.errors import SyncError
 
 RELEASE = helm_release()["name"]
-CODE_SERVER = (f"{RELEASE}-dagster-user-deployments-pg2ch", "pg2ch")
 WEBSERVER = (f"{RELEASE}-dagster-webserver", f"{RELEASE}-dagster-webserver")
 DAEMON = (f"{RELEASE}-daemon", None)
-SOURCE_ROWS = 5000  # seeded by k8s/postgres-source.yaml's init script
-RUN_TIMEOUT_S = 240
-READY_TIMEOUT_S = 180
 SENSOR_TIMEOUT_S = 90  # the sensor ticks every 30 s
 
 
@@ -87,16 +99,16 @@ class LocalCluster:
     webserver_url: str
 
 
-def wait_until_ready(pod: LocalPod, address: str, service: Service) -> None:
+def wait_until_serving(pod: LocalPod, address: str, service: Service) -> None:
     """Poll the pod's readiness probe; it asks localhost, which is `address` here."""
     assert pod.readiness, "the code server has no readiness probe"
     probe = [*pod.readiness, "-h", address]
-
-    def ready() -> bool:
-        assert service.process.poll() is None, f"{service.name} exited\n{service.log_tail()}"
-        return subprocess.run(probe, env=pod.env, capture_output=True, timeout=60).returncode == 0
-
-    wait_until(ready, READY_TIMEOUT_S, f"{service.name} ready", service.log_tail)
+    wait_until_ready(
+        service.name,
+        lambda: subprocess.run(probe, env=pod.env, capture_output=True, timeout=60).returncode == 0,
+        lambda: service.process.poll() is None,
+        service.log_tail,
+    )
 
 
 def start_pod(
@@ -110,26 +122,23 @@ def start_pod(
 @pytest.fixture(scope="module")
 def local_cluster(cluster_postgres, loopback, tmp_path_factory) -> Iterator[LocalCluster]:
     root = tmp_path_factory.mktemp("pods")
-    analytics = urlsplit(
-        cluster().get("Secret", "clickhouse-sync")["stringData"]["CLICKHOUSE_URL"]
-    ).path.strip("/")
-    chdb_url = f"chdb://{root / 'clickhouse'}?database={analytics}"
+    chdb_url = f"chdb://{root / 'clickhouse'}?database={ANALYTICS}"
     local = localize(cluster(), loopback, chdb_url)
     pods, services = {}, []
     webserver_port = next(p["port"] for p in local.get("Service", WEBSERVER[1])["spec"]["ports"])
     try:
-        for name, service in (CODE_SERVER, WEBSERVER, DAEMON):
+        for name, service in ((CODE_SERVER, CODE_SERVICE), WEBSERVER, DAEMON):
             pod, process = start_pod(name, service, local, loopback, root, root)
             pods[name], services = pod, [*services, process]
-            if name == CODE_SERVER[0]:  # the webserver and daemon wait for it in the cluster too
-                wait_until_ready(pod, loopback[service], process)
+            if name == CODE_SERVER:  # the webserver and daemon wait for it in the cluster too
+                wait_until_serving(pod, loopback[service], process)
         webserver = Deployment(
             pods[WEBSERVER[0]].env,
             port=webserver_port,
             host=loopback[WEBSERVER[1]],
             log_dir=root,
             services=services,
-            location_name=CODE_SERVER[1],
+            location_name=CODE_SERVICE,
         )
         webserver.wait_until_loaded()
         yield LocalCluster(local, pods, loopback, chdb_url, webserver.url)
@@ -139,8 +148,8 @@ def local_cluster(cluster_postgres, loopback, tmp_path_factory) -> Iterator[Loca
 
 
 def test_webserver_lists_the_code_location_loaded(local_cluster):
-    cron = local_cluster.pods[CODE_SERVER[0]].env["SYNC_SCHEDULE_CRON"]
-    assert_lists_the_sync(local_cluster.webserver_url, CODE_SERVER[1], cron)
+    cron = local_cluster.pods[CODE_SERVER].env["SYNC_SCHEDULE_CRON"]
+    assert_lists_the_sync(local_cluster.webserver_url, CODE_SERVICE, cron)
 
 
 class JobRecorder:
@@ -181,7 +190,7 @@ NOWHERE_KUBECONFIG = {
 def daemon_instance(local_cluster) -> Iterator[dg.DagsterInstance]:
     """The daemon pod's instance (its DAGSTER_HOME), which launches runs in the cluster. The
     run's config names PG_URL and CLICKHOUSE_URL, which the code server's pod has."""
-    daemon, code_server = local_cluster.pods[DAEMON[0]], local_cluster.pods[CODE_SERVER[0]]
+    daemon, code_server = local_cluster.pods[DAEMON[0]], local_cluster.pods[CODE_SERVER]
     with pod_instance(daemon.env["DAGSTER_HOME"], {**code_server.env, **daemon.env}) as instance:
         yield instance
 
@@ -190,9 +199,9 @@ def sync_run(instance: dg.DagsterInstance, local_cluster: LocalCluster) -> dg.Da
     """A run of the sync job made as the daemon makes one: from the running code server's job
     and execution plan, which carry the definitions' reconstruction metadata (the plan)."""
     origin = GrpcServerCodeLocationOrigin(
-        host=local_cluster.loopback[CODE_SERVER[1]],
+        host=local_cluster.loopback[CODE_SERVICE],
         port=values()["dagster-user-deployments"]["deployments"][0]["port"],
-        location_name=CODE_SERVER[1],
+        location_name=CODE_SERVICE,
     )
     with origin.create_location(instance) as location:
         repository = location.get_repository(REPOSITORY_NAME)
@@ -282,11 +291,11 @@ def test_run_job_gets_the_account_labels_resources_and_security_of_the_chart(run
     labels = pod["metadata"]["labels"]
     assert launcher["labels"].items() <= labels.items()
     assert labels["dagster/run-id"] == run.run_id
-    assert labels["dagster/code-location"] == CODE_SERVER[1]
+    assert labels["dagster/code-location"] == CODE_SERVICE
     run_config = launcher["runK8sConfig"]
     assert container["resources"] == run_config["containerConfig"]["resources"]
-    assert container["securityContext"] == launcher["securityContext"]
-    assert pod["spec"]["securityContext"] == run_config["podSpecConfig"]["securityContext"]
+    assert container.get("securityContext") == RESTRICTED_CONTAINER
+    assert pod["spec"].get("securityContext") == RESTRICTED_POD
     assert (
         job["spec"]["ttlSecondsAfterFinished"]
         == run_config["jobSpecConfig"]["ttlSecondsAfterFinished"]
@@ -332,37 +341,72 @@ def assert_run_synced_the_table(
     assert rows == [(SOURCE_ROWS,)]
 
 
-# Where the run container's chDB directory is mounted: no ClickHouse server runs here.
-CONTAINER_CHDB_DIR = "/var/lib/pg2ch-chdb"
+def run_container_options(job: dict, local_cluster: LocalCluster, files: Path) -> list[str]:
+    """`docker run` options of the run Job's container (docker_run_options), with a chDB
+    directory of its own mounted where CLICKHOUSE_URL points: no ClickHouse server runs here.
+    The directory is made below `files`."""
+    pod_spec = job["spec"]["template"]["spec"]
+    clickhouse = files / "clickhouse"
+    clickhouse.mkdir(parents=True)
+    security = security_context(pod_spec)
+    os.chown(clickhouse, security["runAsUser"], security["runAsGroup"])
+    chdb_path = f"chdb://{CONTAINER_CHDB_DIR}?database={ANALYTICS}"
+    options = docker_run_options(
+        pod_spec, local_cluster.objects, files / "pod", {"CLICKHOUSE_URL": chdb_path}
+    )
+    return [*options, "--volume", f"{clickhouse}:{CONTAINER_CHDB_DIR}"]
 
 
-def test_run_pod_container_of_our_image_syncs_the_table(
+def test_run_pod_container_of_our_image_syncs_the_table_without_privileges(
     docker, image_with_chdb, local_cluster, daemon_instance, tmp_path
 ):
     """The run's Job as a container of our image (plus chDB, a test-only layer), started with
     the Job's command, env and envFrom, mounts, user and group, dropped capabilities, no
-    privilege escalation and limits. CLICKHOUSE_URL is the one swapped value: a chdb:// path
-    in a directory mounted into the container, since no ClickHouse server runs here."""
+    privilege escalation, seccomp profile and limits. A process started in it holds no
+    privilege at all."""
     run, job = launch_sync_run(local_cluster, daemon_instance, tmp_path)
-    pod_spec = job["spec"]["template"]["spec"]
-    (container,) = pod_spec["containers"]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["image"] == USER_CODE_IMAGE  # built by skaffold; ours stands for it
-    clickhouse = tmp_path / "clickhouse"
-    clickhouse.mkdir()
-    security = security_context(pod_spec)
-    os.chown(clickhouse, security["runAsUser"], security["runAsGroup"])
-    database = urlsplit(local_cluster.chdb_url).query
-    chdb_path = f"chdb://{CONTAINER_CHDB_DIR}?{database}"
-    options = docker_run_options(
-        pod_spec, local_cluster.objects, tmp_path / "pod", {"CLICKHOUSE_URL": chdb_path}
-    )
+    options = run_container_options(job, local_cluster, tmp_path)
+    status = docker.run("run", "--rm", *options, image_with_chdb, "cat", "/proc/self/status")
+    assert privileges(status.stdout) == UNPRIVILEGED
+
     argv = [*container.get("command", []), *container.get("args", [])]
     finished = docker.run(
-        "run", "--rm", *options, "--volume", f"{clickhouse}:{CONTAINER_CHDB_DIR}",
-        image_with_chdb, *argv, timeout=RUN_TIMEOUT_S, check=False,
-    )  # fmt: skip
+        "run", "--rm", *options, image_with_chdb, *argv, timeout=RUN_TIMEOUT_S, check=False
+    )
     assert finished.returncode == 0, (finished.stdout + finished.stderr)[-4000:]
-    assert_run_synced_the_table(daemon_instance, run, f"chdb://{clickhouse}?{database}")
+    chdb_url = f"chdb://{tmp_path / 'clickhouse'}?database={ANALYTICS}"
+    assert_run_synced_the_table(daemon_instance, run, chdb_url)
+
+
+@pytest.mark.parametrize("telemetry", [True, False], ids=["telemetry-on", "telemetry-off"])
+def test_job_execute_in_the_run_pod_container(
+    docker, image_with_chdb, run_job, local_cluster, tmp_path: Path, telemetry: bool
+):
+    """`dagster job execute` in a container of the run Job's spec (its user, env, mounts and
+    security), with Dagster's telemetry on (the chart's default) and off: every run-time
+    write lands in places the image's user may write."""
+    _, job = run_job
+    dagster_home = next(
+        entry.removeprefix("DAGSTER_HOME=")
+        for entry in json.loads(docker.inspect_image(image_with_chdb, "{{json .Config.Env}}"))
+        if entry.startswith("DAGSTER_HOME=")
+    )
+    instance = tmp_path / "dagster.yaml"
+    instance.write_text(yaml.safe_dump({"telemetry": {"enabled": telemetry}}))
+    finished = docker.run(
+        "run", "--rm", *run_container_options(job, local_cluster, tmp_path),
+        "--volume", f"{instance}:{dagster_home}/dagster.yaml:ro",
+        image_with_chdb, "dagster", "job", "execute", "-m", "user_code.definitions", "-j", JOB,
+        timeout=RUN_TIMEOUT_S, check=False,
+    )  # fmt: skip
+    output = finished.stdout + finished.stderr
+    assert finished.returncode == 0, output[-4000:]
+    assert "RUN_SUCCESS" in output, output[-4000:]
+    with get_client(dsn=f"chdb://{tmp_path / 'clickhouse'}?database={ANALYTICS}") as client:
+        rows = client.query(f"SELECT count() FROM {ANALYTICS}.customers FINAL").result_rows
+    assert rows == [(SOURCE_ROWS,)]
 
 
 _DAEMON_HEALTH = """
@@ -399,7 +443,7 @@ def test_code_server_init_container_waits_for_the_source(local_cluster):
     """The code server's init container, run as a process with its rendered command and env
     (pg_isready from the embedded server's binaries): it ends once the source accepts
     connections, as it does here, where the code server has already planned from it."""
-    pod_spec = local_cluster.objects.get("Deployment", CODE_SERVER[0])["spec"]["template"]["spec"]
+    pod_spec = local_cluster.objects.get("Deployment", CODE_SERVER)["spec"]["template"]["spec"]
     (init,) = pod_spec["initContainers"]
     env = {**resolved_env(init, local_cluster.objects), "PATH": f"{PSQL.parent}:/usr/bin:/bin"}
     finished = subprocess.run(init["command"], env=env, capture_output=True, timeout=60)

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 import kubernetes_validate
 import yaml
 from chart_support import (
+    RESTRICTED_CONTAINER,
+    RESTRICTED_POD,
     USER_CODE_IMAGE,
     Objects,
     cluster,
@@ -24,9 +26,9 @@ from chart_support import (
     unresolved_references,
 )
 from k8s_support import NAMESPACE, helm_release, kubernetes_version
+from local_cluster import CODE_SERVER
 
 RELEASE = helm_release()["name"]
-CODE_SERVER = f"{RELEASE}-dagster-user-deployments-pg2ch"
 INIT_CONTAINER_TARGETS = [
     re.compile(r'pg_isready -h "?(?P<host>[\w.-]+)"? -p (?P<port>\d+)'),
     re.compile(r"nslookup (?P<host>[\w.-]+)"),
@@ -177,6 +179,17 @@ def test_every_service_selects_one_workload_that_listens_on_its_target_ports():
     objects = cluster()
     for name in objects.of_kind("Service"):
         service_reaches_a_listening_container(objects, name, None)
+
+
+def test_the_code_server_pod_is_restricted():
+    """Its pod, its container and its init container (the run pod's: test_chart_pods.py)."""
+    pod = cluster().get("Deployment", CODE_SERVER)["spec"]["template"]["spec"]
+    assert pod.get("securityContext") == RESTRICTED_POD
+    security = {
+        container["name"]: container.get("securityContext") for container in containers(pod)
+    }
+    assert security == dict.fromkeys(security, RESTRICTED_CONTAINER)
+    assert len(security) == 2
 
 
 def test_runs_use_the_skaffold_artifact_and_every_other_image_is_pinned():

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
+from fault_support import intercept_inserts
 from sync_support import demo_config, run_sync
 from waiting import wait_until
 
@@ -17,7 +18,6 @@ from user_code.config import parse_sync_config
 from user_code.definitions import build_definitions
 from user_code.plan import describe, load_plan
 from user_code.resources import PostgresResource
-from user_code.sync import table_sync
 from user_code.sync.postgres import APPLICATION_NAME, fetch_all
 
 pytestmark = pytest.mark.usefixtures("sync_env")
@@ -124,12 +124,7 @@ def test_window_parity_fails_when_a_run_loses_a_row(monkeypatch, customers):
     insert_customers(customers, 100, ending_at=an_hour_ago, spacing=timedelta(seconds=1))
     run_sync(instance)
     insert_customers(customers, 10)
-    insert_batch = table_sync.insert_batch
-
-    def losing_the_first_row(client, target, batch, soft_delete_column):
-        insert_batch(client, target, batch.slice(1), soft_delete_column)
-
-    monkeypatch.setattr(table_sync, "insert_batch", losing_the_first_row)
+    intercept_inserts(monkeypatch, lambda target, batch, insert: insert(batch.slice(1)))
     result = run_sync(instance)
 
     (parity,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "window_parity"]

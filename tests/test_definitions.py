@@ -9,7 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from sync_support import ORDER_LINES, demo_config, run_sync, step_metadata
+from sync_support import ORDER_LINES, demo_config, execute, run_sync, step_metadata
 from waiting import wait_until
 
 from demo.seed import insert_customers
@@ -129,13 +129,12 @@ RUN_COMMANDS = {
 def test_the_job_runs_from_the_command_line(command, pg_url, pg, tmp_path: Path):
     """The README's commands, in their own process with their own chDB directory, on a table
     named by SYNC_CONFIG."""
-    with pg.cursor() as cursor:
-        cursor.execute(ORDER_LINES)
-        cursor.execute(
-            "INSERT INTO order_lines (order_id, line, sku) SELECT o, l, gen_random_uuid() "
-            "FROM generate_series(1, 500) AS o, generate_series(1, 2) AS l"
-        )
-    pg.commit()
+    execute(
+        pg,
+        ORDER_LINES,
+        "INSERT INTO order_lines (order_id, line, sku) SELECT o, l, gen_random_uuid() "
+        "FROM generate_series(1, 500) AS o, generate_series(1, 2) AS l",
+    )
     sync_config = tmp_path / "sync.yaml"
     sync_config.write_text(
         "tables:\n"

@@ -4,6 +4,7 @@ Every test ends with an exact comparison of both sides (every column of every li
 """
 
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -11,9 +12,11 @@ from datetime import datetime
 import adbc_driver_postgresql.dbapi as adbc
 import dagster as dg
 import pytest
-from sync_support import ORDER_LINES, compare, demo_config, run_sync, step_metadata
+from fault_support import crash_after
+from sync_support import ORDER_LINES, compare, demo_config, execute, run_sync, step_metadata
 
 from demo.seed import insert_customers, update_customers
+from user_code.plan import Plan
 from user_code.state import TableKeys, stored_watermarks
 from user_code.sync import postgres, source_table, streaming, table_sync
 from user_code.sync.errors import SyncError
@@ -28,27 +31,6 @@ def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches of a few dozen rows, so a few thousand rows make many batches."""
     monkeypatch.setattr(streaming, "BATCH_SIZE_HINT_BYTES", 8 * 1024)
     monkeypatch.setattr(streaming, "FETCH_ROWS", 50)
-
-
-def crash_after(monkeypatch: pytest.MonkeyPatch, batches: int) -> None:
-    """Make the load loop fail once `batches` batches were inserted."""
-    insert_batch = table_sync.insert_batch
-    inserted = 0
-
-    def insert_then_crash(*args, **kwargs):
-        nonlocal inserted
-        if inserted == batches:
-            raise SyncError("injected crash")
-        inserted += 1
-        insert_batch(*args, **kwargs)
-
-    monkeypatch.setattr(table_sync, "insert_batch", insert_then_crash)
-
-
-def execute(sql: str, connection, *parameters) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, parameters or None)
-    connection.commit()
 
 
 def fail_partition_after(monkeypatch: pytest.MonkeyPatch, batches: int) -> None:
@@ -123,11 +105,11 @@ def test_partitioned_snapshot_is_one_instant_while_writes_commit(
         share_snapshot(connections)
         shared.append(len(connections))
         with postgres.connect(pg_url) as writer:
-            execute("DELETE FROM customers WHERE id <= 100", writer)
+            execute(writer, "DELETE FROM customers WHERE id <= 100")
             execute(
+                writer,
                 "UPDATE customers SET balance = 0, updated_at = clock_timestamp() "
                 "WHERE id > 2900 OR id % 500 = 0",
-                writer,
             )
             insert_customers(writer, 200)
 
@@ -176,24 +158,6 @@ def test_crash_during_incremental_run_then_rerun(
     assert compare(demo_config()).equal
 
 
-def test_transaction_open_across_a_sync_is_caught_by_the_lookback(customers, pg_url):
-    instance = dg.DagsterInstance.ephemeral()
-    insert_customers(customers, 10)
-    with postgres.connect(pg_url) as long_transaction:
-        with long_transaction.cursor() as cursor:  # now() is this transaction's start time
-            cursor.execute(
-                "INSERT INTO customers (name, created_by, updated_by) VALUES ('late', 'tx', 'tx')"
-            )
-        time.sleep(0.05)
-        insert_customers(customers, 10)
-        run_sync(instance)  # the watermark moves past the open transaction's timestamps
-        long_transaction.commit()
-
-    run_sync(instance)
-
-    assert compare(demo_config()).equal
-
-
 @contextmanager
 def application_session(url: str) -> Iterator[adbc.Connection]:
     """A writer's session, as an application opens one (not named like the sync's own)."""
@@ -214,6 +178,46 @@ def open_writes(session: adbc.Connection) -> None:
 
 def run_log(instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult) -> list[str]:
     return [entry.user_message for entry in instance.all_logs(result.run_id)]
+
+
+def commit_across_a_sync(
+    instance: dg.DagsterInstance, config: Plan, pg_url: str, customers: adbc.Connection
+) -> list[str]:
+    """`open_writes` in a transaction that stays open across a sync of newer rows, then
+    commits: its rows land behind the watermark. The sync's run log."""
+    with application_session(pg_url) as long_transaction:
+        open_writes(long_transaction)
+        time.sleep(0.05)
+        insert_customers(customers, 10)
+        result = run_sync(instance, config)
+        long_transaction.commit()
+    return run_log(instance, result)
+
+
+@pytest.fixture
+def reader_without_stats(customers, pg_url, monkeypatch) -> str:
+    """PG_URL logs in as a role that may read `customers` but cannot see other sessions'
+    transactions (no pg_read_all_stats); its name."""
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    execute(customers, f"CREATE ROLE {role} LOGIN", f"GRANT SELECT ON customers TO {role}")
+    monkeypatch.setenv("PG_URL", pg_url.replace("postgres:@", f"{role}:@", 1))
+    return role
+
+
+def test_transaction_open_across_a_sync_is_caught_by_the_lookback(
+    customers, pg_url, reader_without_stats
+):
+    """Where the sync cannot see other sessions' transactions, `lookback` alone covers one open
+    across a sync for less than it: its rows, committed behind the watermark, arrive with the
+    next run."""
+    instance = dg.DagsterInstance.ephemeral()
+    insert_customers(customers, 10)
+    commit_across_a_sync(instance, demo_config(), pg_url, customers)
+    assert not compare(demo_config()).equal  # the transaction was open while the sync read
+
+    run_sync(instance)
+
+    assert compare(demo_config()).equal
 
 
 def test_transaction_open_far_longer_than_the_lookback_is_not_missed(customers, pg_url):
@@ -239,30 +243,22 @@ def test_transaction_open_far_longer_than_the_lookback_is_not_missed(customers, 
     assert compare(config).equal
 
 
-def test_without_the_grant_reads_fall_back_to_lookback(customers, pg_url, monkeypatch):
+def test_without_the_grant_reads_fall_back_to_lookback(customers, pg_url, reader_without_stats):
     """A role that cannot see other sessions' transactions reads from watermark - lookback,
     says once per run what to grant, and with the grant catches the long transaction."""
-    execute("CREATE ROLE sync_reader LOGIN", customers)
-    execute("GRANT SELECT ON customers TO sync_reader", customers)
-    monkeypatch.setenv("PG_URL", pg_url.replace("postgres:@", "sync_reader:@", 1))
     config = demo_config(lookback=0)
     instance = dg.DagsterInstance.ephemeral()
 
     def long_transaction_across_a_sync() -> list[str]:
-        with application_session(pg_url) as long_transaction:
-            open_writes(long_transaction)
-            time.sleep(0.05)
-            insert_customers(customers, 10)
-            result = run_sync(instance, config)
-            long_transaction.commit()
-        return run_log(instance, result) + run_log(instance, run_sync(instance, config))
+        messages = commit_across_a_sync(instance, config, pg_url, customers)
+        return messages + run_log(instance, run_sync(instance, config))
 
     messages = long_transaction_across_a_sync()
     grant_hints = [m for m in messages if "GRANT pg_read_all_stats" in m]
     assert len(grant_hints) == 2, grant_hints  # once in each of the two runs
     assert not compare(config).equal  # the documented limit of the fallback
 
-    execute("GRANT pg_read_all_stats TO sync_reader", customers)
+    execute(customers, f"GRANT pg_read_all_stats TO {reader_without_stats}")
     run_sync(instance, config, full_refresh=True)
     messages = long_transaction_across_a_sync()
     assert not [m for m in messages if "GRANT" in m]
@@ -272,13 +268,13 @@ def test_without_the_grant_reads_fall_back_to_lookback(customers, pg_url, monkey
 def test_rows_sharing_one_timestamp_across_batch_boundaries(customers, small_batches, monkeypatch):
     instance = dg.DagsterInstance.ephemeral()
     insert_customers(customers, 2000, ending_at="2020-01-01")
-    execute("UPDATE customers SET created_at = '2020-01-01', updated_at = '2020-01-01'", customers)
+    execute(customers, "UPDATE customers SET created_at = '2020-01-01', updated_at = '2020-01-01'")
     run_sync(instance)
 
     execute(
+        customers,
         "UPDATE customers SET balance = balance * 2, updated_at = '2021-06-01 00:00:00.000001' "
         "WHERE id % 2 = 0",
-        customers,
     )
     with monkeypatch.context() as patch:
         crash_after(patch, 2)
@@ -288,7 +284,9 @@ def test_rows_sharing_one_timestamp_across_batch_boundaries(customers, small_bat
     assert compare(demo_config()).equal
 
 
-NEW_ORDER_LINE = "INSERT INTO order_lines (order_id, line, sku) VALUES ($1, 1, gen_random_uuid())"
+def new_order_line(order_id: int) -> str:
+    sku = "gen_random_uuid()"
+    return f"INSERT INTO order_lines (order_id, line, sku) VALUES ({order_id}, 1, {sku})"
 
 
 def test_time_zones_and_microseconds_survive(customers, pg_url, ch, clickhouse, monkeypatch):
@@ -300,20 +298,20 @@ def test_time_zones_and_microseconds_survive(customers, pg_url, ch, clickhouse, 
     monkeypatch.setenv("TZ", "Asia/Tokyo")
     time.tzset()
     execute(
+        customers,
         "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET timezone TO %L', "
         "current_database(), 'America/Los_Angeles'); END $$",
-        customers,
     )
     execute(
+        customers,
         "INSERT INTO customers (name, created_by, updated_by, created_at, updated_at) VALUES "
         "('tz', 'a', 'a', '2024-03-10 01:59:59.999999-08', '2024-03-10 03:00:00.000001-07')",
-        customers,
     )
-    execute(ORDER_LINES, customers)
+    execute(customers, ORDER_LINES)
     execute(
+        customers,
         "INSERT INTO order_lines (order_id, line, sku, created_at, updated_at) VALUES "
         "(1, 1, gen_random_uuid(), '2024-03-10 01:59:59.999999', '2024-03-10 02:30:00.000001')",
-        customers,
     )
     lines = demo_config(source="public.order_lines", primary_key=["order_id", "line"], lookback=0)
     instance = dg.DagsterInstance.ephemeral()
@@ -321,10 +319,10 @@ def test_time_zones_and_microseconds_survive(customers, pg_url, ch, clickhouse, 
         run_sync(instance)
         with application_session(pg_url) as long_transaction:  # in the server's default zone
             with long_transaction.cursor() as cursor:
-                cursor.execute(NEW_ORDER_LINE, (2,))
+                cursor.execute(new_order_line(2))
             time.sleep(0.05)
             with application_session(pg_url) as another:
-                execute(NEW_ORDER_LINE, another, 3)
+                execute(another, new_order_line(3))
             run_sync(instance, lines)  # its watermark passes the open transaction's stamp
             long_transaction.commit()
         run_sync(instance, lines)
@@ -351,7 +349,7 @@ def test_time_zones_and_microseconds_survive(customers, pg_url, ch, clickhouse, 
 
 def test_nulls_unicode_long_text_precise_numbers_json_and_arrays(customers):
     instance = dg.DagsterInstance.ephemeral()
-    execute("ALTER TABLE customers ADD COLUMN precise numeric(38, 18)", customers)
+    execute(customers, "ALTER TABLE customers ADD COLUMN precise numeric(38, 18)")
     insert_customers(customers, 3)
     run_sync(instance)
 
@@ -365,7 +363,7 @@ def test_nulls_unicode_long_text_precise_numbers_json_and_arrays(customers):
         "UPDATE customers SET precise = -0.000000000000000001, balance = NULL WHERE id = 2",
     ]
     for change in changes:
-        execute(change.replace(" WHERE", ", updated_at = clock_timestamp() WHERE"), customers)
+        execute(customers, change.replace(" WHERE", ", updated_at = clock_timestamp() WHERE"))
         run_sync(instance)
         assert compare(demo_config()).equal, change
 
@@ -376,15 +374,15 @@ def test_hard_deletes_and_reinserted_keys(customers):
     insert_customers(customers, 100)
     run_sync(instance, config)
 
-    execute("DELETE FROM customers WHERE id % 10 = 0", customers)
+    execute(customers, "DELETE FROM customers WHERE id % 10 = 0")
     verify = run_sync(instance, config, job_name="verify_clickhouse")
     reconciled = step_metadata(verify)["reconcile_deletes"]
     assert (reconciled["keys_checked"], reconciled["tombstones_written"]) == (100, 10)
     assert compare(config).equal
 
     execute(
-        "INSERT INTO customers (id, name, created_by, updated_by) VALUES (10, 'again', 'x', 'x')",
         customers,
+        "INSERT INTO customers (id, name, created_by, updated_by) VALUES (10, 'again', 'x', 'x')",
     )
     run_sync(instance, config)
     assert compare(config).equal
@@ -393,7 +391,7 @@ def test_hard_deletes_and_reinserted_keys(customers):
 
 
 def test_soft_delete_then_undelete(customers):
-    execute("ALTER TABLE customers ADD COLUMN is_deleted boolean NOT NULL DEFAULT false", customers)
+    execute(customers, "ALTER TABLE customers ADD COLUMN is_deleted boolean NOT NULL DEFAULT false")
     config = demo_config(soft_delete="is_deleted")
     instance = dg.DagsterInstance.ephemeral()
     insert_customers(customers, 20)
@@ -401,9 +399,9 @@ def test_soft_delete_then_undelete(customers):
 
     for deleted in ("true", "false"):
         execute(
+            customers,
             f"UPDATE customers SET is_deleted = {deleted}, updated_at = clock_timestamp() "
             "WHERE id <= 5",
-            customers,
         )
         run_sync(instance, config)
         assert compare(config).equal
@@ -428,27 +426,27 @@ def test_content_comparison_notices_a_changed_row(customers, ch, clickhouse):
 
 def test_composite_key_without_time_zone_through_updates_deletes_and_reinserts(customers):
     """A two-column key and `timestamp` (no zone) cursors, through every path that uses keys."""
-    execute(ORDER_LINES, customers)
+    execute(customers, ORDER_LINES)
     config = demo_config(
         source="public.order_lines", primary_key=["order_id", "line"], hard_deletes=True
     )
     instance = dg.DagsterInstance.ephemeral()
     execute(
+        customers,
         "INSERT INTO order_lines (order_id, line, sku, amount) SELECT o, l, gen_random_uuid(), "
         "o * l / 10.0 FROM generate_series(1, 40) AS o, generate_series(1, 3) AS l",
-        customers,
     )
     run_sync(instance, config)
 
-    execute("UPDATE order_lines SET amount = NULL, updated_at = now() WHERE line = 2", customers)
-    execute("DELETE FROM order_lines WHERE order_id % 7 = 0", customers)
+    execute(customers, "UPDATE order_lines SET amount = NULL, updated_at = now() WHERE line = 2")
+    execute(customers, "DELETE FROM order_lines WHERE order_id % 7 = 0")
     run_sync(instance, config)
     run_sync(instance, config, job_name="verify_clickhouse")
     assert compare(config).equal
 
     execute(
-        "INSERT INTO order_lines (order_id, line, sku) VALUES (7, 1, gen_random_uuid())",
         customers,
+        "INSERT INTO order_lines (order_id, line, sku) VALUES (7, 1, gen_random_uuid())",
     )
     run_sync(instance, config)
     assert compare(config).equal

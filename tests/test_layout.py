@@ -4,18 +4,25 @@ away from its readers."""
 import os
 import subprocess
 import sys
-import threading
-import time
-from contextlib import contextmanager
 
 import dagster as dg
 import pytest
 import yaml
-from sync_support import ORDER_LINES, demo_config, run_sync, step_metadata
+from fault_support import crash_after, reading_throughout
+from sync_support import (
+    ORDER_LINES,
+    assert_verified,
+    demo_config,
+    execute,
+    live_rows,
+    run_sync,
+    step_metadata,
+    tables_in,
+)
 
 from demo.seed import insert_customers
 from demo.stack import REPO_ROOT
-from user_code.sync import prepare, rebuild, table_sync
+from user_code.sync import prepare, rebuild
 from user_code.sync.ddl import create_table_sql, drop_table_sql, exchange_sql
 from user_code.sync.errors import SyncError
 from user_code.sync.target_table import Layout, TargetTable
@@ -24,27 +31,12 @@ from user_code.sync.types import ColumnMapping
 LINES = {"source": "public.order_lines", "primary_key": ["order_id", "line"]}
 
 
-def execute(connection, *statements: str) -> None:
-    with connection.cursor() as cursor:
-        for statement in statements:
-            cursor.execute(statement)
-    connection.commit()
-
-
 def table_row(ch, clickhouse, table: str) -> tuple:
     return ch.query(
         "SELECT sorting_key, partition_key, engine_full FROM system.tables "
         "WHERE database = {db:String} AND name = {t:String}",
         parameters={"db": clickhouse.database, "t": table},
     ).result_rows[0]
-
-
-def tables_in(ch, clickhouse) -> list[str]:
-    rows = ch.query(
-        "SELECT name FROM system.tables WHERE database = {db:String} ORDER BY name",
-        parameters={"db": clickhouse.database},
-    ).result_rows
-    return [name for (name,) in rows]
 
 
 @pytest.fixture
@@ -87,7 +79,7 @@ def test_a_partition_expression_clickhouse_refuses_creates_nothing(
     assert "order_lines: ClickHouse refused to create the table with order_by" in message
     assert "partition_by 'toYYYYMM(no_such_column)'" in message
     assert "no_such_column" in message
-    assert "order_lines" not in tables_in(ch, clickhouse)
+    assert "order_lines" not in tables_in(ch, clickhouse.database)
 
 
 CUSTOMERS_BY_HAND = """
@@ -128,9 +120,7 @@ def test_a_table_the_user_created_is_used_as_it_is(customers, sync_env, ch, clic
             for message in messages
         )
     assert "pg2ch_minmax" not in ch.query(f"SHOW CREATE TABLE {table}").result_rows[0][0]
-    verify = run_sync(instance, job_name="verify_clickhouse")
-    failed = [c.metadata for c in verify.get_asset_check_evaluations() if not c.passed]
-    assert not failed, failed
+    assert_verified(instance, demo_config())
 
 
 def test_the_plan_prints_ddl_that_makes_a_table_of_the_user_s(
@@ -156,12 +146,11 @@ def test_the_plan_prints_ddl_that_makes_a_table_of_the_user_s(
     run_sync(instance, plan)
     steps = step_metadata(run_sync(instance, plan, full_refresh=True))
     assert "rebuilt_because" not in steps["initial_load"]  # the user's table: reloaded in place
-    assert tables_in(ch, clickhouse) == ["order_lines"]
+    assert tables_in(ch, clickhouse.database) == ["order_lines"]
     sorting_key, partition_key, _ = table_row(ch, clickhouse, "order_lines")
     assert prepare.key_columns(sorting_key) == ("sku", "order_id", "line")
     assert partition_key == "toYYYYMM(created_at)"
-    verify = run_sync(instance, plan, job_name="verify_clickhouse")
-    assert all(check.passed for check in verify.get_asset_check_evaluations())
+    assert_verified(instance, plan)
 
 
 UNUSABLE = {
@@ -239,42 +228,36 @@ def test_a_key_column_that_changes_keeps_the_row_twice_and_the_check_says_so(
     assert sorted(duplicates) == ["(7, 1)", "(7, 2)", "(7, 3)"]
 
 
-@contextmanager
-def reading_continuously(clickhouse, table: str):
-    """A reader in a connection of its own: (live rows, duplicate keys) as often as it can, or
-    the error a read raised (a missing or half-built table shows there)."""
-    seen: list[tuple[int, int] | str] = []
-    done = threading.Event()
-    sql = (
-        f"SELECT count(), count() - uniqExact(order_id, line) FROM "
-        f"`{clickhouse.database}`.`{table}` FINAL WHERE _is_deleted = 0"
-    )
-
-    def read():
-        with clickhouse.get_client() as reader:
-            while not done.is_set():
-                try:
-                    seen.append(tuple(reader.query(sql).result_rows[0]))
-                except Exception as error:
-                    seen.append(type(error).__name__)
-                time.sleep(0.005)
-
-    thread = threading.Thread(target=read)
-    thread.start()
-    try:
-        yield seen
-    finally:
-        done.set()
-        thread.join()
+def identity(ch, clickhouse, table: str) -> tuple[str, str, str]:
+    """A table's UUID (an EXCHANGE gives the name another table's), sorting key and the type
+    of `amount`."""
+    return ch.query(
+        "SELECT t.uuid, t.sorting_key, c.type FROM system.tables AS t JOIN system.columns AS c "
+        "ON c.database = t.database AND c.table = t.name "
+        "WHERE t.database = {db:String} AND t.name = {t:String} AND c.name = 'amount'",
+        parameters={"db": clickhouse.database, "t": table},
+    ).result_rows[0]
 
 
+SERVED = (
+    "SELECT count(), count() - uniqExact(order_id, line) FROM `{database}`.`order_lines` "
+    "FINAL WHERE _is_deleted = 0"
+)
+BY_KEY = ("order_id, line", "Nullable(Decimal(10, 2))")
+# trigger: (changed settings, run config, a change in Postgres, the layout after the rebuild)
 REBUILDS = {
-    "full_refresh": ({}, {"full_refresh": True}, None),
-    "new order_by": ({"order_by": ["sku", "order_id", "line"]}, {}, None),
+    "full_refresh": ({}, {"full_refresh": True}, None, BY_KEY),
+    "new order_by": (
+        {"order_by": ["sku", "order_id", "line"]},
+        {},
+        None,
+        ("sku, order_id, line", "Nullable(Decimal(10, 2))"),
+    ),
     "retyped column": (
         {},
         {},
         "ALTER TABLE order_lines ALTER COLUMN amount TYPE numeric(12, 3)",
+        ("order_id, line", "Nullable(Decimal(12, 3))"),
     ),
 }
 
@@ -283,7 +266,7 @@ REBUILDS = {
 def test_a_rebuild_keeps_the_table_whole_for_its_readers(
     order_lines, sync_env, ch, clickhouse, monkeypatch, trigger
 ):
-    changed, run_config, alter = REBUILDS[trigger]
+    changed, run_config, alter, layout = REBUILDS[trigger]
     instance = dg.DagsterInstance.ephemeral()
     run_sync(instance, demo_config(**LINES, on_schema_change="rebuild"))
     monkeypatch.setattr("user_code.sync.streaming.BATCH_SIZE_HINT_BYTES", 4 * 1024)
@@ -296,16 +279,19 @@ def test_a_rebuild_keeps_the_table_whole_for_its_readers(
     if alter:
         execute(order_lines, alter)
     config = demo_config(**LINES, on_schema_change="rebuild", **changed)
-    with reading_continuously(clickhouse, "order_lines") as seen:
-        before = len(seen)
+    (before, *_) = identity(ch, clickhouse, "order_lines")
+    sql = SERVED.format(database=clickhouse.database)
+    with reading_throughout(clickhouse, sql, monkeypatch) as readings:
         steps = step_metadata(run_sync(instance, config, **run_config))
     assert steps["initial_load"]["rebuilt_because"]
-    assert len(seen) > before + 1, "the reader did not read during the rebuild"
+    assert readings.after_inserts > 1, "the rebuild should load in many batches"
     # never an error, never fewer rows than before the rebuild began, never a key twice
-    assert set(seen) == {(2200, 0)}, sorted({str(sample) for sample in seen})
-    assert tables_in(ch, clickhouse) == ["order_lines"]
-    verify = run_sync(instance, config, job_name="verify_clickhouse")
-    assert all(check.passed for check in verify.get_asset_check_evaluations())
+    assert set(readings.seen) == {(2200, 0)}, sorted({str(sample) for sample in readings.seen})
+    after, *rebuilt = identity(ch, clickhouse, "order_lines")
+    assert after != before, "the rebuilt table is not the one readers use"
+    assert tuple(rebuilt) == layout
+    assert tables_in(ch, clickhouse.database) == ["order_lines"]
+    assert_verified(instance, config)
 
 
 KILLS = {
@@ -326,32 +312,24 @@ def test_a_rebuild_killed_at_any_moment_leaves_a_whole_table_and_the_rerun_is_ex
     with monkeypatch.context() as patch:
         kill_at(patch, KILLS[moment])
         assert not run_sync(instance, config, raise_on_error=False).success
-    served = ch.query(
-        f"SELECT count() FROM `{clickhouse.database}`.order_lines FINAL WHERE _is_deleted = 0"
-    ).result_rows[0][0]
-    assert served == 300  # the old table, or the new one once exchanged: whole either way
+    assert (
+        live_rows(ch, clickhouse.database, "order_lines") == 300
+    )  # the old table, or the new one once exchanged: whole either way
 
     steps = step_metadata(run_sync(instance, config))
     if moment == "after the exchange":  # the new layout is in place: nothing to rebuild
         assert "initial_load" not in steps
     else:
         assert steps["initial_load"]["rebuilt_because"].startswith("order_by is (order_id, line)")
-    assert tables_in(ch, clickhouse) == ["order_lines"]
-    verify = run_sync(instance, config, job_name="verify_clickhouse")
-    assert all(check.passed for check in verify.get_asset_check_evaluations())
+    assert tables_in(ch, clickhouse.database) == ["order_lines"]
+    assert_verified(instance, config)
 
 
 def kill_at(patch: pytest.MonkeyPatch, where: str) -> None:
     """The step dies at one point of a rebuild (an error no retry follows)."""
     if where == "insert_batch":  # during the load into the new table
-        insert_batch = table_sync.insert_batch
-
-        def insert_then_die(client, target, batch, soft_delete_column):
-            insert_batch(client, target, batch, soft_delete_column)
-            if target.name.endswith(rebuild.REBUILD_SUFFIX):
-                raise SyncError("killed while loading the new table")
-
-        patch.setattr(table_sync, "insert_batch", insert_then_die)
+        killed = SyncError("killed while loading the new table")
+        crash_after(patch, 1, into=rebuild.REBUILD_SUFFIX, error=killed)
         return
 
     def die_at_swap(client, target, loaded):

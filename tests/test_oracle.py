@@ -1,8 +1,8 @@
 """The content comparison is an oracle of its own: a conversion the sync gets wrong the same way
 every time (so that a re-read through the sync would agree with it) still shows, by column.
 
-Each case breaks one conversion through a test-only hook: the batches the sync inserts are
-altered in one column on their way to ClickHouse.
+Each case breaks one conversion: the batches the sync inserts are altered in one column on
+their way to ClickHouse, or the sync reads on a session whose settings change a value's text.
 """
 
 from collections.abc import Callable
@@ -11,9 +11,9 @@ from datetime import timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from sync_support import demo_config
+from fault_support import intercept_inserts
+from sync_support import demo_config, execute
 
-from user_code.sync import table_sync
 from user_code.sync.table_sync import TableSync
 
 READINGS = [
@@ -25,15 +25,20 @@ CREATE TABLE public.readings (
     amount numeric(12, 2),
     code char(4),
     scores int[] NOT NULL,
+    ratios float8[],
+    waited interval,
+    stamps timestamptz[],
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now()
 )
 """,
     """
-INSERT INTO public.readings (id, note, seen_at, amount, code, scores)
+INSERT INTO public.readings (id, note, seen_at, amount, code, scores, ratios, waited, stamps)
 SELECT i, CASE WHEN i % 2 = 0 THEN 'note ' || i END,
        timestamptz '2026-03-01 12:00:00.123456+00' + i * interval '1.000001 second',
-       i * 1.25, 'ab', ARRAY[i, NULL, 3]
+       i * 1.25, 'ab', ARRAY[i, NULL, 3], ARRAY[i / 3.0::float8, NULL],
+       i * interval '1 day 1.5 seconds',
+       ARRAY[timestamptz '2026-03-01 12:00:00+00' + i * interval '1 hour']
 FROM generate_series(1, 20) AS i
 """,
 ]
@@ -53,19 +58,24 @@ BROKEN: dict[str, tuple[str, Callable[[pa.Array], pa.Array]]] = {
     "array NULL element as 0": ("scores", _without_null_elements),
 }
 
+# (column, a setting of the sync's session that changes the text Postgres gives it for it)
+SESSION_SETTINGS = {
+    "float digits": ("ratios", "SET extra_float_digits = 0"),  # float8[] kept as JSON text
+    "interval style": ("waited", "SET IntervalStyle = 'postgres'"),
+    "time zone": ("stamps", "SET TimeZone = 'Asia/Tokyo'"),  # timestamptz[] kept as JSON text
+}
+
 
 def _readings(pg, ch, clickhouse) -> TableSync:
-    with pg.cursor() as cursor:
-        for statement in READINGS:
-            cursor.execute(statement)
-    pg.commit()
+    execute(pg, *READINGS)
     settings = demo_config(source="public.readings").tables[0].table_settings
-    return TableSync(settings, pg, ch, clickhouse.database)
+    table = TableSync(settings, pg, ch, clickhouse.database)
+    table.prepare()
+    return table
 
 
 def test_a_faithful_sync_compares_equal(pg, ch, clickhouse):
     table = _readings(pg, ch, clickhouse)
-    table.prepare()
     table.snapshot()
     assert table.compare_content().equal
 
@@ -75,19 +85,27 @@ def test_a_conversion_wrong_every_time_is_reported_by_column(
     pg, ch, clickhouse, monkeypatch, broken
 ):
     column, alter = BROKEN[broken]
-    insert_batch = table_sync.insert_batch
 
-    def insert_altered(client, target, batch, soft_delete_column):
+    def insert_altered(target, batch, insert) -> None:
         index = batch.schema.get_field_index(column)
-        altered = batch.set_column(index, column, alter(batch.column(column)))
-        insert_batch(client, target, altered, soft_delete_column)
+        insert(batch.set_column(index, column, alter(batch.column(column))))
 
-    monkeypatch.setattr(table_sync, "insert_batch", insert_altered)
+    intercept_inserts(monkeypatch, insert_altered)
     table = _readings(pg, ch, clickhouse)
-    table.prepare()
     assert table.snapshot().rows_written == 20
 
     comparison = table.compare_content()
     assert not comparison.equal
     assert comparison.differing_columns == [column]
     assert comparison.postgres_rows == comparison.clickhouse_rows == 20
+
+
+@pytest.mark.parametrize("setting", list(SESSION_SETTINGS))
+def test_a_read_on_other_session_settings_is_reported_by_column(pg, ch, clickhouse, setting):
+    """The comparison runs on the sync's own connection, but renders on settings it sets."""
+    column, statement = SESSION_SETTINGS[setting]
+    table = _readings(pg, ch, clickhouse)
+    execute(pg, statement)
+    assert table.snapshot().rows_written == 20
+
+    assert table.compare_content().differing_columns == [column]

@@ -16,7 +16,7 @@ from typing import Any
 
 import dagster as dg
 from k8s_support import k8s_object
-from sync_support import demo_config, run_sync
+from sync_support import assert_verified, demo_config, execute, run_sync
 
 from demo.seed import insert_customers
 from user_code.config import parse_sync_config
@@ -105,36 +105,34 @@ def test_sync_and_verify_send_only_what_the_sync_user_may_run(
     config = Plan(
         tables=[customers_table, *plan_tables(parse_sync_config({"tables": lookups})).tables]
     )
-    with customers.cursor() as cursor:
-        cursor.execute("ALTER TABLE customers ADD COLUMN deleted_at timestamptz")
-        cursor.execute("CREATE TABLE events (id int PRIMARY KEY, created_at timestamptz NOT NULL)")
-        cursor.execute("CREATE TABLE countries (code char(2) PRIMARY KEY, name text)")
-        cursor.execute("INSERT INTO events SELECT g, now() FROM generate_series(1, 9) g")
-        cursor.execute("INSERT INTO countries VALUES ('DE', 'Germany'), ('FR', 'France')")
-    customers.commit()
+    execute(
+        customers,
+        "ALTER TABLE customers ADD COLUMN deleted_at timestamptz",
+        "CREATE TABLE events (id int PRIMARY KEY, created_at timestamptz NOT NULL)",
+        "CREATE TABLE countries (code char(2) PRIMARY KEY, name text)",
+        "INSERT INTO events SELECT g, now() FROM generate_series(1, 9) g",
+        "INSERT INTO countries VALUES ('DE', 'Germany'), ('FR', 'France')",
+    )
     instance = dg.DagsterInstance.ephemeral()
     statements: list[str] = []
     with recorded(monkeypatch, statements):
         insert_customers(customers, 20)
         run_sync(instance, config)
-        with customers.cursor() as cursor:
-            cursor.execute("UPDATE customers SET name = 'x', updated_at = now() WHERE id < 5")
-            cursor.execute(
-                "UPDATE customers SET deleted_at = now(), updated_at = now() WHERE id = 6"
-            )
-            cursor.execute("DELETE FROM customers WHERE id = 7")
-            cursor.execute("DELETE FROM events WHERE id = 7")
-            cursor.execute("UPDATE countries SET name = 'Deutschland' WHERE code = 'DE'")
-            cursor.execute("ALTER TABLE customers ADD COLUMN nickname text")
-        customers.commit()
+        execute(
+            customers,
+            "UPDATE customers SET name = 'x', updated_at = now() WHERE id < 5",
+            "UPDATE customers SET deleted_at = now(), updated_at = now() WHERE id = 6",
+            "DELETE FROM customers WHERE id = 7",
+            "DELETE FROM events WHERE id = 7",
+            "UPDATE countries SET name = 'Deutschland' WHERE code = 'DE'",
+            "ALTER TABLE customers ADD COLUMN nickname text",
+        )
         insert_customers(customers, 5)
         for index in ("pg2ch_minmax_created_at", "pg2ch_minmax_updated_at"):  # as synced before
             ch.command(f"ALTER TABLE `{clickhouse.database}`.customers DROP INDEX {index}")
         run_sync(instance, config)
         run_sync(instance, config, full_refresh=True)  # a rebuild beside the live table
-        verify = run_sync(instance, config, job_name="verify_clickhouse")
-    failed = [c for c in verify.get_asset_check_evaluations() if not c.passed]
-    assert not failed, [(c.asset_key, c.check_name, c.metadata) for c in failed]
+        assert_verified(instance, config)
 
     allowed, database = granted(ch)
     needed = {privilege for sql in statements for privilege in privileges(sql)}

@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import dagster as dg
 import pytest
-from sync_support import demo_config, run_sync, step_metadata
+from sync_support import demo_config, execute, live_rows, run_sync, step_metadata
 
 from demo.seed import insert_customers, update_customers
 from user_code import steps
@@ -14,9 +14,9 @@ from user_code.state import TableKeys, stored_watermarks
 pytestmark = pytest.mark.usefixtures("sync_env")
 
 
-def clickhouse_rows(ch, clickhouse, final: bool = True, table: str = "customers") -> int:
-    table = f"`{clickhouse.database}`.`{table}`"
-    return ch.query(f"SELECT count() FROM {table}{' FINAL' if final else ''}").result_rows[0][0]
+def all_versions(ch, clickhouse) -> int:
+    """Every row ClickHouse stores, each version of a key (no FINAL)."""
+    return ch.query(f"SELECT count() FROM `{clickhouse.database}`.`customers`").result_rows[0][0]
 
 
 def test_first_run_loads_every_row_and_checks_pass(customers, ch, clickhouse):
@@ -29,7 +29,7 @@ def test_first_run_loads_every_row_and_checks_pass(customers, ch, clickhouse):
     assert steps["initial_load"]["rows_written"] == 5000
     assert steps["initial_load"]["updated_at_watermark"] == steps["updates"]["updated_at_watermark"]
     assert steps["updates"]["lag_s"] == 0.0
-    assert clickhouse_rows(ch, clickhouse) == 5000
+    assert live_rows(ch, clickhouse.database) == 5000
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks == {"window_parity": True, "freshness": True}
 
@@ -49,7 +49,7 @@ def test_new_and_updated_rows_arrive_once(customers, ch, clickhouse):
     # them already updated) and the other updated rows.
     written = steps["new_records"]["rows_written"] + steps["updates"]["rows_written"]
     assert written == 300 + touched - 30
-    assert clickhouse_rows(ch, clickhouse) == 2300
+    assert live_rows(ch, clickhouse.database) == 2300
     balances = ch.query(
         f"SELECT sum(balance) FROM `{clickhouse.database}`.`customers` FINAL"
     ).result_rows[0][0]
@@ -62,14 +62,14 @@ def test_rerun_without_changes_writes_nothing(customers, ch, clickhouse):
     instance = dg.DagsterInstance.ephemeral()
     insert_customers(customers, 1000)  # all within the lookback window: re-read, not re-written
     run_sync(instance)
-    stored_rows = clickhouse_rows(ch, clickhouse, final=False)
+    stored_rows = all_versions(ch, clickhouse)
 
     steps = step_metadata(run_sync(instance))
 
     assert steps["new_records"]["rows_read"] == 1000
     assert steps["new_records"]["rows_written"] == 0
     assert steps["updates"]["rows_written"] == 0
-    assert clickhouse_rows(ch, clickhouse, final=False) == stored_rows == 1000
+    assert all_versions(ch, clickhouse) == stored_rows == 1000
 
 
 def test_rerun_on_a_table_at_rest_rereads_only_the_lookback(customers):
@@ -97,7 +97,7 @@ def test_watermark_survives_a_new_instance(customers, ch, clickhouse, tmp_path):
 
     assert "initial_load" not in steps  # the new instance knows the table was loaded
     assert steps["new_records"]["rows_written"] == 10
-    assert clickhouse_rows(ch, clickhouse, final=False) == 1010
+    assert all_versions(ch, clickhouse) == 1010
 
 
 def test_late_commit_within_lookback_is_not_lost(customers, ch, clickhouse):
@@ -112,7 +112,7 @@ def test_late_commit_within_lookback_is_not_lost(customers, ch, clickhouse):
     insert_customers(customers, 1, ending_at=watermark - timedelta(hours=1))
     run_sync(instance)
 
-    assert clickhouse_rows(ch, clickhouse) == 101  # the hour-late row is beyond any lookback
+    assert live_rows(ch, clickhouse.database) == 101  # the hour-late row is beyond any lookback
 
 
 def test_full_refresh_takes_a_new_snapshot(customers, ch, clickhouse):
@@ -125,29 +125,23 @@ def test_full_refresh_takes_a_new_snapshot(customers, ch, clickhouse):
     # a new table beside the old one: the snapshot's 50 rows, then the catch-up's re-reads
     assert steps["initial_load"]["rebuilt_because"] == "full_refresh"
     assert steps["initial_load"]["rows_written"] == 50
-    assert clickhouse_rows(ch, clickhouse, final=False) == 50
+    assert all_versions(ch, clickhouse) == 50
 
 
 def test_soft_deleted_rows_leave_the_final_view(customers, ch, clickhouse):
-    with customers.cursor() as cursor:
-        cursor.execute("ALTER TABLE customers ADD COLUMN deleted_at timestamptz")
-    customers.commit()
+    execute(customers, "ALTER TABLE customers ADD COLUMN deleted_at timestamptz")
     instance = dg.DagsterInstance.ephemeral()
     config = demo_config(soft_delete="deleted_at")
     insert_customers(customers, 10)
     run_sync(instance, config)
 
-    with customers.cursor() as cursor:
-        cursor.execute(
-            "UPDATE customers SET deleted_at = now(), updated_at = clock_timestamp() WHERE id <= 3"
-        )
-    customers.commit()
+    execute(
+        customers,
+        "UPDATE customers SET deleted_at = now(), updated_at = clock_timestamp() WHERE id <= 3",
+    )
     result = run_sync(instance, config)
 
-    live = ch.query(
-        f"SELECT count() FROM `{clickhouse.database}`.`customers` FINAL WHERE _is_deleted = 0"
-    ).result_rows[0][0]
-    assert live == 7
+    assert live_rows(ch, clickhouse.database) == 7
     assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()}["window_parity"]
 
 
@@ -156,12 +150,11 @@ def test_column_added_in_postgres_is_added_in_clickhouse(customers, ch, clickhou
     insert_customers(customers, 10)
     run_sync(instance)
 
-    with customers.cursor() as cursor:
-        cursor.execute("ALTER TABLE customers ADD COLUMN loyalty_points integer")
-        cursor.execute(
-            "UPDATE customers SET loyalty_points = 7, updated_at = clock_timestamp() WHERE id = 1"
-        )
-    customers.commit()
+    execute(
+        customers,
+        "ALTER TABLE customers ADD COLUMN loyalty_points integer",
+        "UPDATE customers SET loyalty_points = 7, updated_at = clock_timestamp() WHERE id = 1",
+    )
     run_sync(instance)
 
     rows = ch.query(
@@ -186,27 +179,24 @@ def test_configuration_error_fails_the_run_without_retries(customers):
 
 @pytest.mark.parametrize("source", ['public."Mixed Case"', "public.Mixed Case"])
 def test_source_written_the_sql_way_or_plain(customers, ch, clickhouse, source):
-    with customers.cursor() as cursor:
-        cursor.execute(
-            'CREATE TABLE public."Mixed Case" (id int PRIMARY KEY, '
-            "created_at timestamptz NOT NULL DEFAULT now(), "
-            "updated_at timestamptz NOT NULL DEFAULT now())"
-        )
-        cursor.execute('INSERT INTO public."Mixed Case" (id) SELECT generate_series(1, 3)')
-    customers.commit()
+    execute(
+        customers,
+        'CREATE TABLE public."Mixed Case" (id int PRIMARY KEY, '
+        "created_at timestamptz NOT NULL DEFAULT now(), "
+        "updated_at timestamptz NOT NULL DEFAULT now())",
+        'INSERT INTO public."Mixed Case" (id) SELECT generate_series(1, 3)',
+    )
     config = demo_config(source=source, target="mixed_case")
 
     assert run_sync(dg.DagsterInstance.ephemeral(), config).success
-    assert clickhouse_rows(ch, clickhouse, table="mixed_case") == 3
+    assert live_rows(ch, clickhouse.database, "mixed_case") == 3
 
 
 def test_row_count_is_exact_after_a_load_and_a_verify_and_counted_on_in_between(customers):
     """`dagster/row_count` without a count of the table: exact after the initial load, new
     rows added by each run, deletions shown by the next verify run, and counted on from
     there."""
-    with customers.cursor() as cursor:
-        cursor.execute("ALTER TABLE customers ADD COLUMN deleted_at timestamptz")
-    customers.commit()
+    execute(customers, "ALTER TABLE customers ADD COLUMN deleted_at timestamptz")
     instance = dg.DagsterInstance.ephemeral()
     config = demo_config(soft_delete="deleted_at")
 
@@ -220,9 +210,7 @@ def test_row_count_is_exact_after_a_load_and_a_verify_and_counted_on_in_between(
     insert_customers(customers, 10)
     update_customers(customers, ids_modulo=20)
     assert row_counts(run_sync(instance, config)) == {"new_records": 110, "updates": 110}
-    with customers.cursor() as cursor:
-        cursor.execute("UPDATE customers SET deleted_at = now(), updated_at = now() WHERE id <= 3")
-    customers.commit()
+    execute(customers, "UPDATE customers SET deleted_at = now(), updated_at = now() WHERE id <= 3")
     assert row_counts(run_sync(instance, config)) == {"new_records": 110, "updates": 110}
 
     verify = run_sync(instance, config, job_name="verify_clickhouse")

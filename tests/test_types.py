@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from sync_support import demo_config
+from sync_support import demo_config, execute
 
 from user_code.sync import SyncError
 from user_code.sync.table_sync import StepResult, TableSync
@@ -71,6 +71,11 @@ CASES = [
      [None, "[]", '["a",null,"b c"]']),
     ("integer[]", ["'{{1,2},{3,NULL}}'"], "Nullable(String)", "v",
      ["[[1,2],[3,null]]"]),
+    # floats as the shortest text that reads back exactly, time stamps in UTC
+    ("double precision[]", ["'{0.30000000000000004,NULL,-1.5e-300}'"], "Nullable(String)", "v",
+     ["[0.30000000000000004,null,-1.5e-300]"]),
+    ("timestamptz[]", ["'{2024-03-01 12:34:56.789012+02}'"], "Nullable(String)", "v",
+     ['["2024-03-01T10:34:56.789012+00:00"]']),
     # inet::text always writes the netmask: the same value, spelled out
     ("inet", ["'192.168.0.1/24'", "'::1'"], "Nullable(String)", "v", ["192.168.0.1/24", "::1/128"]),
     ("cidr", ["'10.0.0.0/8'"], "Nullable(String)", "v", ["10.0.0.0/8"]),
@@ -80,17 +85,18 @@ CASES = [
 
 
 def _create_source(pg, column_type: str, literals: list[str]) -> None:
-    with pg.cursor() as cursor:
-        cursor.execute("CREATE TYPE mood AS ENUM ('sad', 'happy')")
-        cursor.execute("CREATE DOMAIN positive_int AS integer NOT NULL CHECK (VALUE > 0)")
-        cursor.execute(
-            f"CREATE TABLE public.t (id int PRIMARY KEY, v {column_type}, "
-            "created_at timestamptz NOT NULL DEFAULT now(), "
-            "updated_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for row_id, literal in enumerate(literals):
-            cursor.execute(f"INSERT INTO public.t (id, v) VALUES ({row_id}, {literal})")
-    pg.commit()
+    execute(
+        pg,
+        "CREATE TYPE mood AS ENUM ('sad', 'happy')",
+        "CREATE DOMAIN positive_int AS integer NOT NULL CHECK (VALUE > 0)",
+        f"CREATE TABLE public.t (id int PRIMARY KEY, v {column_type}, "
+        "created_at timestamptz NOT NULL DEFAULT now(), "
+        "updated_at timestamptz NOT NULL DEFAULT now())",
+        *(
+            f"INSERT INTO public.t (id, v) VALUES ({i}, {literal})"
+            for i, literal in enumerate(literals)
+        ),
+    )
 
 
 def _table_sync(pg, ch, clickhouse, **options) -> TableSync:
@@ -204,6 +210,9 @@ def test_type_without_lossless_form_is_a_clear_error(pg, ch, clickhouse, column_
         ("date[] NOT NULL", "'{2024-01-01,infinity}'", r"public\.t\.v: holds a date or"),
         ("numeric(10,2)", "'NaN'", r"public\.t\.v: holds NaN, which ClickHouse's Decimal"),
         ("numeric(4,1)[] NOT NULL", "'{1.5,NaN}'", r"public\.t\.v: holds NaN"),
+        ("integer[] NOT NULL", "'[0:2]={1,2,3}'", r"public\.t\.v: holds an array whose subs"),
+        ("text[]", "'[2:3]={a,b}'", r"public\.t\.v: holds an array whose subscripts do not"),
+        ("integer[]", "'[1:2][0:1]={{1,2},{3,4}}'", r"public\.t\.v: holds an array whose"),
     ],
 )
 def test_value_without_clickhouse_form_stops_the_sync(

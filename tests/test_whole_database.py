@@ -5,18 +5,20 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
-import time
+import uuid
+from pathlib import Path
 
 import dagster as dg
+import pyarrow.compute as pc
 import pytest
 import yaml
-from sync_support import run_sync
+from fault_support import intercept_inserts, reading_throughout
+from sync_support import assert_verified, execute, run_sync, tables_in
 
 from demo.stack import REPO_ROOT
 from user_code.config import parse_sync_config
 from user_code.plan import Plan, plan_tables
-from user_code.sync import streaming, table_sync
+from user_code.sync import streaming
 from user_code.sync.discovery import list_tables
 from user_code.sync.errors import SyncError
 from user_code.sync.postgres import connect
@@ -57,13 +59,6 @@ SHOP = [
 ]
 
 DEFAULTS = {"created_at": "created_at", "updated_at": "updated_at", "mode": "auto"}
-
-
-def execute(connection, *statements: str) -> None:
-    with connection.cursor() as cursor:
-        for statement in statements:
-            cursor.execute(statement)
-    connection.commit()
 
 
 def plan(connection, raw: dict) -> Plan:
@@ -128,57 +123,135 @@ def test_later_entries_override_earlier_ones_for_the_tables_they_name(shop):
     assert by_source(result)['"shop"."countries"'].hard_deletes is False  # replaced whole
 
 
-SKIPPED = [
+# (table, the entry that matches it beside `shop.*`, the reason it cannot be synced)
+UNSYNCABLE = [
     ("CREATE TABLE shop.no_key (id int, created_at timestamptz NOT NULL, "
-     "updated_at timestamptz NOT NULL)", "shop.no_key", {}, "no primary key"),
+     "updated_at timestamptz NOT NULL)", {}, "no primary key: add one, or name primary_key"),
     ("CREATE TABLE shop.text_cursor (id int PRIMARY KEY, created_at text, "
-     "updated_at timestamptz NOT NULL)", "shop.text_cursor", {},
-     "`created_at` column 'created_at' is text, not a timestamp"),
+     "updated_at timestamptz NOT NULL)", {},
+     "`created_at` column 'created_at' is text, not a timestamp or timestamptz: name a"),
     ("CREATE TABLE shop.loose_version (id int PRIMARY KEY, created_at timestamptz, "
-     "updated_at timestamptz)", "shop.loose_version", {},
-     "`updated_at` column 'updated_at' is nullable"),
-    ("CREATE TABLE shop.no_cursor (id int PRIMARY KEY)", "shop.no_cursor",
-     {"mode": "incremental"}, "mode incremental needs `created_at`"),
+     "updated_at timestamptz)", {},
+     "`updated_at` column 'updated_at' is nullable: it is the row version; make it NOT NULL"),
+    ("CREATE TABLE shop.no_cursor (id int PRIMARY KEY)", {"mode": "incremental"},
+     "mode incremental needs `created_at`, and no column of the table is named as it: name"),
     ("CREATE TABLE shop.no_created (id int PRIMARY KEY, updated_at timestamptz NOT NULL)",
-     "shop.no_created", {"mode": "append"}, "mode append needs `created_at`"),
-    ("CREATE TABLE shop.money (id int PRIMARY KEY, price money)", "shop.money", {},
-     "column 'price': Postgres type money has no lossless ClickHouse form"),
-    ("CREATE TABLE shop.secret (id int PRIMARY KEY)", "shop.secret", {},
-     "the sync's role may not SELECT from it"),
-    (None, "shop.missing", {}, "no such table in Postgres"),
+     {"mode": "append"}, "mode append needs `created_at`"),
+    ("CREATE TABLE shop.money (id int PRIMARY KEY, price money)", {},
+     "column 'price': Postgres type money has no lossless ClickHouse form; sync a view"),
+    ("CREATE TABLE shop.secret (id int PRIMARY KEY)", {},
+     "the sync's role may not SELECT from it: GRANT SELECT on it to the role"),
 ]  # fmt: skip
 
 
-def test_the_plan_command_shows_every_table_and_every_skip_reason(shop, pg_url, tmp_path):
-    """Planned as the sync's own role, which may read every table of `shop` but one."""
-    execute(shop, *(ddl for ddl, *_ in SKIPPED if ddl))
+def table_name(ddl: str) -> str:
+    return ddl.split()[2]
+
+
+def quoted(source: str) -> str:
+    schema, table = source.split(".")
+    return f'"{schema}"."{table}"'
+
+
+@pytest.fixture
+def unsyncable(shop, pg_url, monkeypatch) -> None:
+    """Every table of UNSYNCABLE in `shop`, and PG_URL as the sync's own role, which may read
+    every table of `shop` but one."""
+    execute(shop, *(ddl for ddl, _, _ in UNSYNCABLE))
+    role = f"planner_{uuid.uuid4().hex[:8]}"  # roles belong to the whole server
     execute(
         shop,
-        "CREATE ROLE planner LOGIN",
-        "GRANT USAGE ON SCHEMA shop TO planner",
-        "GRANT SELECT ON ALL TABLES IN SCHEMA shop TO planner",
-        "REVOKE SELECT ON shop.secret FROM planner",
+        f"CREATE ROLE {role} LOGIN",
+        f"GRANT USAGE ON SCHEMA shop TO {role}",
+        f"GRANT SELECT ON ALL TABLES IN SCHEMA shop TO {role}",
+        f"REVOKE SELECT ON shop.secret FROM {role}",
     )
-    entries = [{"source": "shop.*", "exclude": ["shop.tmp_*"]}]
-    entries += [{"source": source, **settings} for _, source, settings, _ in SKIPPED if settings]
-    entries.append({"source": "shop.missing"})
-    config = tmp_path / "sync.yaml"
-    config.write_text(yaml.safe_dump({"defaults": DEFAULTS, "tables": entries}))
-    env = {**os.environ, "SYNC_CONFIG": str(config),
-           "PG_URL": pg_url.replace("postgres:@", "planner:@", 1)}  # fmt: skip
-    printed = subprocess.run(
-        [sys.executable, "-m", "user_code.plan"], env=env, cwd=REPO_ROOT,
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+    monkeypatch.setenv("PG_URL", pg_url.replace("postgres:@", f"{role}:@", 1))
+
+
+def plan_command(config: dict, tmp_path, *arguments: str) -> subprocess.CompletedProcess:
+    """`python -m user_code.plan` on `config`, with this process's PG_URL."""
+    path = tmp_path / "sync.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "SYNC_CONFIG": str(path)}
+    return subprocess.run(
+        [sys.executable, "-m", "user_code.plan", *arguments], env=env, cwd=REPO_ROOT,
+        capture_output=True, text=True,
+    )  # fmt: skip
+
+
+def load_code_location(config: dict, tmp_path) -> subprocess.CompletedProcess:
+    """`dg check defs`: the code location loaded as Dagster loads it, planned from `config`."""
+    path = tmp_path / "sync.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "SYNC_CONFIG": str(path), "VIRTUAL_ENV": sys.prefix}
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "dg"), "check", "defs"], env=env, cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+# Tables matched by `shop.*` only: the ones that cannot be synced are skipped.
+BY_PATTERN = [{"source": "shop.*", "exclude": ["shop.tmp_*"]}] + [
+    {"source": f"{table_name(ddl)}*", **settings} for ddl, settings, _ in UNSYNCABLE if settings
+]
+
+
+def test_the_plan_command_shows_every_table_and_every_skip_reason(unsyncable, tmp_path):
+    planned = plan_command({"defaults": DEFAULTS, "tables": BY_PATTERN}, tmp_path)
+    assert planned.returncode == 0, planned.stderr
+    printed = planned.stdout
 
     assert "5 table(s) to sync:" in printed
     assert '"shop"."events" -> events  mode append, key (id), cursors: created_at' in printed
     assert '"shop"."countries" -> countries  mode replace, key (code), cursors: none' in printed
-    assert f"{len(SKIPPED)} table(s) skipped:" in printed
-    for _, source, _, reason in SKIPPED:
-        schema, table = source.split(".")
-        quoted = source if source == "shop.missing" else f'"{schema}"."{table}"'
-        assert f"  {quoted}: {reason}" in printed, (source, printed)
+    assert f"{len(UNSYNCABLE)} table(s) skipped:" in printed
+    for ddl, _, reason in UNSYNCABLE:
+        assert f"  {quoted(table_name(ddl))}: {reason}" in printed, (ddl, printed)
+
+
+@pytest.mark.parametrize(
+    ("ddl", "settings", "reason"), UNSYNCABLE, ids=[table_name(ddl) for ddl, *_ in UNSYNCABLE]
+)
+def test_a_table_an_entry_names_that_cannot_be_synced_is_an_error(
+    unsyncable, ddl, settings, reason
+):
+    """However a pattern matches it too: a table named on its own is a request."""
+    entries = [{"source": "shop.*"}, {"source": table_name(ddl), **settings}]
+    with connect(os.environ["PG_URL"]) as connection, pytest.raises(SyncError) as refused:
+        plan(connection, {"defaults": DEFAULTS, "tables": entries})
+    assert "SYNC_CONFIG names tables that cannot be synced" in str(refused.value)
+    assert f"  {quoted(table_name(ddl))}: {reason}" in str(refused.value)
+
+
+def test_a_named_table_that_does_not_exist_is_an_error(shop):
+    with pytest.raises(SyncError, match=r"shop\.missing: no such table in Postgres \(views"):
+        plan(shop, {"tables": [{"source": "shop.*"}, {"source": "shop.missing"}]})
+
+
+def test_a_named_table_without_a_primary_key_stops_the_plan_and_the_code_location(
+    unsyncable, tmp_path
+):
+    """The plan command exits non-zero and the code location does not load, each saying which
+    table and why; the same table matched by a pattern alone is a warning when it loads."""
+    named = {"defaults": DEFAULTS, "tables": [{"source": "shop.no_key"}]}
+    reason = '"shop"."no_key": no primary key: add one, or name primary_key in its entry'
+
+    planned = plan_command(named, tmp_path)
+    assert planned.returncode == 1
+    assert "pg2ch: SYNC_CONFIG names tables that cannot be synced" in planned.stderr
+    assert reason in planned.stderr
+    loaded = load_code_location(named, tmp_path)
+    assert loaded.returncode != 0
+    assert reason in loaded.stdout + loaded.stderr, loaded.stdout[-3000:]
+
+    by_pattern = {"defaults": DEFAULTS, "tables": [{"source": "shop.no_*"}]}
+    loaded = load_code_location(by_pattern, tmp_path)
+    assert loaded.returncode == 0, loaded.stdout[-3000:]
+    lines = (loaded.stdout + loaded.stderr).splitlines()
+    warned = [i for i, line in enumerate(lines) if "pg2ch: 1 table(s) skipped:" in line]
+    assert warned, loaded.stdout[-3000:]
+    assert "WARNING" in lines[warned[0]] and lines[warned[0] + 1] == f"  {reason}"
 
 
 def test_the_plan_command_fails_on_a_configuration_error(tmp_path):
@@ -246,13 +319,13 @@ def test_append_and_replace_stay_exact(shop, sync_env, ch, clickhouse, monkeypat
     assert [row[0] for row in clickhouse_rows(ch, clickhouse, "events")] == list(range(6, 61))
     assert clickhouse_rows(ch, clickhouse, "countries") == [
         ("BR", "Brazil"), ("DE", "Deutschland"), ("JP", "Japan")]  # fmt: skip
-    verify = run_sync(instance, result, job_name="verify_clickhouse")
-    assert all(check.passed for check in verify.get_asset_check_evaluations())
+    assert_verified(instance, result)
 
 
 @pytest.fixture
 def codes(shop, ch, clickhouse, monkeypatch) -> TableSync:
-    """A lookup table of 3,000 rows in replace mode, loaded once, read in small batches."""
+    """A lookup table of 3,000 rows in replace mode, loaded once, read in small batches; since
+    then 1,000 rows were added and 300 changed in Postgres."""
     monkeypatch.setattr(streaming, "BATCH_SIZE_HINT_BYTES", 16 * 1024)
     execute(
         shop,
@@ -273,62 +346,52 @@ def codes(shop, ch, clickhouse, monkeypatch) -> TableSync:
     return table
 
 
-def live_rows(client, table: TableSync) -> int:
-    return client.query(f"SELECT count() FROM {table.target.qualified_name} FINAL").result_rows[0][
-        0
-    ]
+def served(client, table: TableSync) -> tuple[int, int]:
+    """What readers of the table get: its live rows and a checksum of their content."""
+    return client.query(content_sql(table)).result_rows[0]
 
 
-def test_readers_see_the_old_table_or_the_new_one_while_a_replace_runs(codes, clickhouse):
-    seen: list[tuple[float, int | str]] = []  # (when, live rows or the error a read raised)
-    reading, done = threading.Event(), threading.Event()
+def content_sql(table: TableSync) -> str:
+    return (
+        f"SELECT count(), sum(cityHash64(code, label)) FROM {table.target.qualified_name} "
+        "FINAL WHERE _is_deleted = 0"
+    )
 
-    def read_continuously():
-        with clickhouse.get_client() as reader:  # a connection of its own
-            while not done.is_set():
-                try:
-                    seen.append((time.monotonic(), live_rows(reader, codes)))
-                except Exception as error:  # a missing or half-built table shows here
-                    seen.append((time.monotonic(), type(error).__name__))
-                reading.set()
 
-    reader = threading.Thread(target=read_continuously)
-    reader.start()
-    try:
-        reading.wait(timeout=30)
-        started = time.monotonic()
+def test_readers_see_the_old_table_or_the_new_one_while_a_replace_runs(
+    codes, clickhouse, monkeypatch
+):
+    old = served(codes.clickhouse, codes)
+    with reading_throughout(clickhouse, content_sql(codes), monkeypatch) as readings:
         result = replace_whole(codes)
-        ended = time.monotonic()
-    finally:
-        done.set()
-        reader.join()
-    during = [value for when, value in seen if started <= when <= ended]
+    new = served(codes.clickhouse, codes)
+
     assert result.rows_written == 4000
-    assert during, "no read happened while the replace ran"
-    assert {value for _, value in seen} <= {3000, 4000}, sorted({str(v) for _, v in seen})
-    assert live_rows(codes.clickhouse, codes) == 4000
+    assert (old[0], new[0]) == (3000, 4000)
+    assert readings.after_inserts > 10, "the replace should load in many batches"
+    # never an error, a missing table, or a table partly old and partly new
+    assert set(readings.seen) <= {old, new}, sorted({str(sample) for sample in readings.seen})
     assert codes.compare_content().equal
 
 
 def test_a_replace_cut_short_leaves_the_old_table_serving(codes, monkeypatch):
-    insert_batch = table_sync.insert_batch
+    old = served(codes.clickhouse, codes)
 
-    def insert_then_crash(client, target, batch, soft_delete_column):
-        insert_batch(client, target, batch, soft_delete_column)
-        raise ConnectionError("killed after one batch")
+    def insert_then_die_on_changed_rows(target, batch, insert) -> None:
+        insert(batch)
+        if pc.any(pc.equal(batch.column("label"), "changed")).as_py():
+            raise ConnectionError("killed after loading changed rows")
 
     with monkeypatch.context() as patch:
-        patch.setattr(table_sync, "insert_batch", insert_then_crash)
+        intercept_inserts(patch, insert_then_die_on_changed_rows)
         with pytest.raises(ConnectionError):
             replace_whole(codes)
-    assert live_rows(codes.clickhouse, codes) == 3000  # the old table, whole
+    assert served(codes.clickhouse, codes) == old  # the old table, whole and unchanged
     assert not codes.compare_content().equal  # and not yet the new content
 
     replace_whole(codes)
-    assert live_rows(codes.clickhouse, codes) == 4000
+    assert served(codes.clickhouse, codes)[0] == 4000
     assert codes.compare_content().equal
-    tables = codes.clickhouse.query(
-        "SELECT name FROM system.tables WHERE database = {db:String}",
-        parameters={"db": codes.target.database},
-    ).result_rows
-    assert tables == [("codes",)]  # the cut-short load was dropped
+    assert tables_in(codes.clickhouse, codes.target.database) == [
+        "codes"
+    ]  # the cut-short load was dropped

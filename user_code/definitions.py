@@ -9,7 +9,7 @@ from dagster._core.definitions.definitions_load_context import (
 from user_code.assets import build_table_assets
 from user_code.automation import build_jobs, build_schedules, build_sensor
 from user_code.checks import build_verify_checks
-from user_code.plan import Plan, load_plan
+from user_code.plan import Plan, describe_skipped, load_plan
 from user_code.resources import build_executor, build_resources
 
 PLAN_METADATA_KEY = "pg2ch/plan"
@@ -35,12 +35,19 @@ def planned() -> Plan:
     repository's load data, which Dagster hands to the processes of every run made from it:
     there it is taken back instead of the catalog, so a run builds exactly the tables the
     code server showed, however the database changed since (a new table appears once the
-    code location is reloaded)."""
+    code location is reloaded). Tables a pattern matched but cannot sync are logged as a
+    warning where it is planned; a table SYNC_CONFIG names that cannot be synced fails the
+    load (plan.py)."""
     context = DefinitionsLoadContext.get()
     stored = None
     if context.load_type == DefinitionsLoadType.RECONSTRUCTION:
         stored = context.reconstruction_metadata.get(PLAN_METADATA_KEY)
-    plan = Plan.model_validate_json(stored) if stored is not None else load_plan()
+    if stored is not None:
+        plan = Plan.model_validate_json(stored)
+    else:
+        plan = load_plan()
+        if plan.skipped:
+            dg.get_dagster_logger().warning(f"pg2ch: {describe_skipped(plan)}")
     context.add_to_pending_reconstruction_metadata(PLAN_METADATA_KEY, plan.model_dump_json())
     return plan
 

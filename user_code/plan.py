@@ -5,9 +5,11 @@ what pg2ch accepts, it makes a table of the user's, which pg2ch fills and never 
 
 Settings are resolved per table, later over earlier: built-in defaults, then `defaults` (a
 field naming a column only where the table has that column), then every entry of `tables`
-that matches the table, in order. Where the config needs the catalog (patterns, keys or modes
-to find), every matched table is checked against it here, and one that cannot be synced in
-its mode is skipped with the reason; otherwise the checks happen when a run starts.
+that matches the table, in order. With the catalog (PG_URL set), every matched table is
+checked against it here. One that cannot be synced in its mode is skipped with the reason
+where only patterns match it, and is an error where an entry names it: a pattern may pass
+over what it cannot sync, a table the user named is a request. Without the catalog, the checks
+happen when a run starts.
 """
 
 import argparse
@@ -31,6 +33,11 @@ from user_code.sync.types import RULES
 
 _TIMESTAMPS = {"timestamp", "timestamptz"}
 _COLUMN_DEFAULTS = ("created_at", "updated_at", "soft_delete")
+_NO_SUCH_TABLE = (
+    "no such table in Postgres (views, materialized views, foreign tables and the partitions "
+    "of a partitioned table are never synced): check the schema and the name, quoted the SQL "
+    'way where it is not all lower case (public."Orders")'
+)
 
 
 class SkippedTable(BaseModel):
@@ -72,18 +79,29 @@ def plan_tables(config: SyncConfig, catalog: list[CatalogTable] | None = None) -
 
 
 def _plan_from_catalog(config: SyncConfig, catalog: list[CatalogTable]) -> Plan:
-    tables, skipped = [], []
-    listed = {(table.schema, table.name): table for table in catalog}
+    tables: list[TableSpec] = []
+    skipped: list[SkippedTable] = []
+    refused: list[SkippedTable] = []
+    listed = {(table.schema, table.name) for table in catalog}
     for entry in config.tables:
         if not entry.is_pattern and split_table_name(entry.source) not in listed:
-            skipped.append(SkippedTable(source=entry.source, reason="no such table in Postgres"))
+            refused.append(SkippedTable(source=entry.source, reason=_NO_SUCH_TABLE))
     for table in catalog:
-        if not any(entry.matches(table.schema, table.name) for entry in config.tables):
+        entries = [entry for entry in config.tables if entry.matches(table.schema, table.name)]
+        if not entries:
             continue
         try:
             tables.append(_spec(config, table.source, table))
         except SyncError as reason:
-            skipped.append(SkippedTable(source=table.source, reason=str(reason)))
+            unsyncable = SkippedTable(source=table.source, reason=str(reason))
+            named = any(not entry.is_pattern for entry in entries)
+            (refused if named else skipped).append(unsyncable)
+    if refused:
+        raise SyncError(
+            "SYNC_CONFIG names tables that cannot be synced; make each one syncable as its "
+            "reason says, or take its entry out:\n"
+            + "\n".join(f"  {table.source}: {table.reason}" for table in refused)
+        )
     return Plan(tables=tables, skipped=skipped)
 
 
@@ -151,7 +169,10 @@ def _fill_from_catalog(
         _check_column(table, "soft_delete", settings["soft_delete"], mode)
     for name in settings["primary_key"]:
         if table.column(name) is None:
-            raise SyncError(f"primary key column {name!r} does not exist")
+            raise SyncError(
+                f"primary key column {name!r} does not exist: name the table's key columns in "
+                "primary_key"
+            )
     for column in table.columns:
         base = column.type.element or column.type
         if base.name not in RULES:
@@ -162,13 +183,20 @@ def _fill_from_catalog(
 def _check_column(table: CatalogTable, field: str, name: str, mode: str) -> None:
     column = table.column(name)
     if column is None:
-        raise SyncError(f"`{field}`: no column {name!r} (mode {mode})")
+        raise SyncError(
+            f"`{field}`: no column {name!r} (mode {mode}): name one of the table's columns, or "
+            "choose another mode"
+        )
     if field != "soft_delete" and column.type.name not in _TIMESTAMPS:
         raise SyncError(
-            f"`{field}` column {name!r} is {column.type.name}, not a timestamp or timestamptz"
+            f"`{field}` column {name!r} is {column.type.name}, not a timestamp or timestamptz: "
+            "name a timestamp column, or choose another mode"
         )
     if field == "updated_at" and column.nullable:
-        raise SyncError(f"`updated_at` column {name!r} is nullable: it is the row version")
+        raise SyncError(
+            f"`updated_at` column {name!r} is nullable: it is the row version; make it NOT NULL, "
+            "or choose mode append"
+        )
 
 
 def _refuse_shared_targets(tables: list[TableSpec]) -> None:
@@ -197,8 +225,13 @@ def describe(plan: Plan) -> str:
                 f"add one: {spec.index_advice(column)}"
             )
     if plan.skipped:
-        lines.append(f"{len(plan.skipped)} table(s) skipped:")
-        lines += [f"  {skipped.source}: {skipped.reason}" for skipped in plan.skipped]
+        lines.append(describe_skipped(plan))
+    return "\n".join(lines)
+
+
+def describe_skipped(plan: Plan) -> str:
+    lines = [f"{len(plan.skipped)} table(s) skipped:"]
+    lines += [f"  {skipped.source}: {skipped.reason}" for skipped in plan.skipped]
     return "\n".join(lines)
 
 

@@ -85,3 +85,12 @@ def test_array_dimensions_are_checked_then_dropped():
     nested = pa.record_batch({"a": pa.array([[1, 2]]), "a#ndims": pa.array([2], pa.int32())})
     with pytest.raises(SyncError, match="s.t.a: " + MULTIDIMENSIONAL[:30]):
         checked_batch(nested, "s.t", mappings)
+
+
+def test_array_subscripts_are_checked_then_dropped():
+    mappings = (ColumnMapping("a", "Nullable(String)"),)  # an array kept as JSON text
+    from_one = pa.record_batch({"a": ["[1,2]", None], "a#subscripts": [False, None]})
+    assert checked_batch(from_one, "s.t", mappings).schema.names == ["a"]
+    from_zero = pa.record_batch({"a": ["[1,2]", None], "a#subscripts": [True, None]})
+    with pytest.raises(SyncError, match=r"s\.t\.a: holds an array whose subscripts do not"):
+        checked_batch(from_zero, "s.t", mappings)

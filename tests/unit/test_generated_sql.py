@@ -20,11 +20,12 @@ COLUMNS = (
 SOURCE = SourceTable("app.Orders", COLUMNS, tuple(map_column("app.Orders", c) for c in COLUMNS))
 
 
-def test_select_reads_every_column_and_each_array_s_dimensions():
+def test_select_reads_every_column_and_each_array_s_dimensions_and_subscripts():
     assert SOURCE.select_sql() == (
         'SELECT "id" AS "id", "tags" AS "tags", "deleted" AS "deleted", '
         '"created_at" AS "created_at", "updated_at" AS "updated_at", '
-        'array_ndims("tags") AS "tags#ndims" FROM "app"."Orders"'
+        'array_ndims("tags") AS "tags#ndims", '
+        'array_dims("tags") ~ \'\\[(?!1:)\' AS "tags#subscripts" FROM "app"."Orders"'
     )
 
 

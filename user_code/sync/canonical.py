@@ -7,12 +7,29 @@ epoch (UTC), bytes as hex, arrays as their length and each element in turn, and 
 kept as Postgres text (JSON, intervals, enums, ...) as that text. None of it goes through the
 sync's own read casts, Arrow or inserts, so a conversion the sync gets wrong the same way every
 time still shows as a difference. NULL renders as `\\N`, which no escaped value can be.
+
+Postgres' text of a value depends on session settings (float digits, interval style, time
+zone, date style), which the sync's sessions set for their reads: Postgres renders on
+settings the comparison sets itself (`rendering_session`), those of the text ClickHouse is
+meant to hold, so a read on other settings shows too.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import adbc_driver_postgresql.dbapi as adbc
+
 from user_code.sync.errors import SyncError
+from user_code.sync.postgres import begin, end
 from user_code.sync.types import ColumnMapping, PgColumn, PgType
+
+RENDERING_SETTINGS = {
+    "extra_float_digits": "1",  # floats in JSON: the shortest text that reads back exactly
+    "IntervalStyle": "iso_8601",  # P1Y2M3DT4H5M6.789S
+    "DateStyle": "ISO, YMD",
+    "TimeZone": "UTC",  # timestamptz in JSON: +00:00
+}
 
 
 @dataclass(frozen=True)
@@ -106,3 +123,16 @@ def column_text(table: str, column: PgColumn, mapping: ColumnMapping) -> Renderi
         f"arrayStringConcat(arrayMap(e -> {each.clickhouse}, {{0}}), ','))"
     )
     return Rendering(postgres, clickhouse)
+
+
+@contextmanager
+def rendering_session(connection: adbc.Connection) -> Iterator[None]:
+    """A read-only transaction on RENDERING_SETTINGS; the session's own return with its end."""
+    begin(connection)
+    try:
+        with connection.cursor() as cursor:
+            for name, value in RENDERING_SETTINGS.items():
+                cursor.execute(f"SET LOCAL {name} = '{value}'")
+        yield
+    finally:
+        end(connection)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import adbc_driver_postgresql.dbapi as adbc
 from clickhouse_connect.driver.client import Client
 
-from user_code.sync.canonical import column_text
+from user_code.sync.canonical import column_text, rendering_session
 from user_code.sync.keys import Key, PrimaryKey
 from user_code.sync.postgres import fetch_all
 from user_code.sync.postgres_names import quote_pg_name, quote_pg_table
@@ -120,6 +120,14 @@ def compare_content(
 ) -> Comparison:
     """`postgres_live_rows`: the condition on Postgres rows that ClickHouse keeps live."""
     hashes = _RangeHashes(primary_key, postgres_live_rows)
+    with rendering_session(connection):
+        return _compare_ranges(connection, client, hashes, postgres_rows)
+
+
+def _compare_ranges(
+    connection: adbc.Connection, client: Client, hashes: _RangeHashes, postgres_rows: int
+) -> Comparison:
+    primary_key = hashes.primary_key
     compared = 0
     differing: list[RangeDifference] = []
     duplicates: list[Key] = []

@@ -14,7 +14,12 @@ from user_code.sync.postgres import fetch_all
 from user_code.sync.postgres_names import quote_pg_name, quote_pg_table
 from user_code.sync.streaming import Batches, copy_batches, cursor_pages
 from user_code.sync.types import ColumnMapping, PgColumn, map_column
-from user_code.sync.value_guards import checked_batch, ndims_column
+from user_code.sync.value_guards import (
+    checked_batch,
+    ndims_column,
+    other_subscripts_sql,
+    subscripts_column,
+)
 from user_code.sync.watermark import as_utc
 
 # `reset_val`: the zone sessions start with (the sync's own sessions switch to UTC).
@@ -47,12 +52,15 @@ class SourceTable:
         select_list = ", ".join(
             f"{m.read_sql(quote_pg_name(m.name))} AS {quote_pg_name(m.name)}" for m in self.mappings
         )
-        for mapping in self.mappings:
+        for column, mapping in zip(self.columns, self.mappings, strict=True):
+            name = quote_pg_name(mapping.name)
             if mapping.is_array:
-                name = quote_pg_name(mapping.name)
                 select_list += (
                     f", array_ndims({name}) AS {quote_pg_name(ndims_column(mapping.name))}"
                 )
+            if column.type.element is not None:  # an Array, or JSON text
+                guard = quote_pg_name(subscripts_column(mapping.name))
+                select_list += f", {other_subscripts_sql(name)} AS {guard}"
         sql = f"SELECT {select_list} FROM {quote_pg_table(self.source)}"
         return f"{sql} WHERE {where}" if where else sql
 

@@ -7,7 +7,7 @@ from user_code.sync.errors import SyncError
 from user_code.sync.settings import TableSettings
 from user_code.sync.source_table import SourceTable
 from user_code.sync.target_table import DELETED_COLUMN
-from user_code.sync.value_guards import ndims_column
+from user_code.sync.value_guards import ndims_column, subscripts_column
 
 _TIMESTAMP_TYPES = {"timestamp", "timestamptz"}
 
@@ -48,10 +48,11 @@ def validate_source(
 
 def _refuse_internal_names(settings: TableSettings, source: SourceTable) -> None:
     internal = {DELETED_COLUMN} | {ndims_column(m.name) for m in source.mappings if m.is_array}
+    internal |= {subscripts_column(c.name) for c in source.columns if c.type.element is not None}
     for column in source.columns:
         if column.name in internal:
             raise SyncError(
                 f"{settings.source}.{column.name}: pg2ch uses this column name itself (it marks "
-                "deleted rows, or guards an array's dimensions); sync a view that renames the "
-                "column."
+                "deleted rows, or guards an array's dimensions or subscripts); sync a view that "
+                "renames the column."
             )

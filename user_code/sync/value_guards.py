@@ -1,7 +1,9 @@
 """Values that Arrow or ClickHouse would store altered stop the sync instead, by column.
 
-Postgres' ±infinity and BC dates arrive as extreme integers, NaN has no Decimal form, and 2-D
-arrays arrive flattened (each array column is read with its `array_ndims` beside it).
+Postgres' ±infinity and BC dates arrive as extreme integers, NaN has no Decimal form, 2-D
+arrays arrive flattened (each array column is read with its `array_ndims` beside it), and an
+array's subscripts are lost, whatever they start at (each array column is read with whether
+they start at 1 beside it: an Array or a JSON list starts at 1).
 """
 
 import pyarrow as pa
@@ -22,6 +24,11 @@ MULTIDIMENSIONAL = (
     "holds a multi-dimensional array, which ClickHouse's Array(T) cannot keep; make the "
     "column nullable (it is then stored as JSON text) or sync a view that flattens it."
 )
+OTHER_SUBSCRIPTS = (
+    "holds an array whose subscripts do not start at 1 (such as '[0:2]={1,2,3}'), which "
+    "neither a ClickHouse Array nor JSON text can keep; store it from 1, or sync a view that "
+    "selects the column as `column[:]` (a slice starts at 1)."
+)
 
 # 0001-01-01 and 9999-12-31 (23:59:59.999999) as Arrow stores them: days or microseconds
 _CALENDAR = {
@@ -35,10 +42,22 @@ def ndims_column(column: str) -> str:
     return f"{column}#ndims"
 
 
+def subscripts_column(column: str) -> str:
+    """The name under which whether an array's subscripts start elsewhere than at 1 is read."""
+    return f"{column}#subscripts"
+
+
+def other_subscripts_sql(quoted_column: str) -> str:
+    """True where some dimension's subscripts start elsewhere than at 1: array_dims shows a
+    `[` not followed by `1:` (`[0:2]`, `[1:2][0:1]`)."""
+    return f"array_dims({quoted_column}) ~ '\\[(?!1:)'"
+
+
 def checked_batch(
     batch: pa.RecordBatch, source: str, mappings: tuple[ColumnMapping, ...]
 ) -> pa.RecordBatch:
-    """`batch` without its `#ndims` columns, or a SyncError naming the first unstorable column."""
+    """`batch` without its `#ndims` and `#subscripts` columns, or a SyncError naming the first
+    unstorable column."""
     for mapping in mappings:
         problem = unstorable(batch.column(mapping.name), mapping)
         if mapping.is_array:
@@ -46,6 +65,11 @@ def checked_batch(
             if (pc.max(batch.column(guard)).as_py() or 1) > 1:
                 problem = MULTIDIMENSIONAL
             batch = batch.drop_columns([guard])
+        subscripts = subscripts_column(mapping.name)
+        if subscripts in batch.schema.names:
+            if pc.any(batch.column(subscripts)).as_py():
+                problem = OTHER_SUBSCRIPTS
+            batch = batch.drop_columns([subscripts])
         if problem:
             raise SyncError(f"{source}.{mapping.name}: {problem}")
     return batch

@@ -80,7 +80,7 @@ from demo.stack import (
     stop_services,
 )
 from user_code.config import load_sync_config
-from user_code.definitions import PLAN_METADATA_KEY
+from user_code.definitions import PLAN_STATE_KEY
 from user_code.plan import Plan, load_plan
 from user_code.sync.errors import SyncError
 
@@ -473,8 +473,9 @@ def test_a_run_builds_the_tables_the_code_server_planned(
     try:
         run, job = launch_sync_run(local_cluster, daemon_instance, tmp_path)
         snapshot = daemon_instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
-        stored = snapshot.repository_load_data.reconstruction_metadata[PLAN_METADATA_KEY]
-        planned = {spec.target for spec in Plan.model_validate_json(stored.data).tables}
+        metadata = snapshot.repository_load_data.reconstruction_metadata
+        (stored,) = [value for key, value in metadata.items() if PLAN_STATE_KEY in key]
+        planned = {spec.target for spec in Plan.model_validate_json(stored).tables}
         assert planned == {"customers", "events", "countries"}
 
         pod = local_pod(job["spec"]["template"]["spec"], local_cluster.objects, tmp_path / "run")

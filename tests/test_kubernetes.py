@@ -74,6 +74,16 @@ query Runs($filter: RunsFilter) {
 }
 """
 
+_LOGS = """
+query Logs($runId: ID!) {
+  logsForRun(runId: $runId) {
+    ... on EventConnection {
+      events { ... on MessageEvent { message } ... on ErrorEvent { error { message } } }
+    }
+  }
+}
+"""
+
 
 @dataclass
 class Release:
@@ -90,6 +100,16 @@ class Release:
         return [
             {**run, "tags": {t["key"]: t["value"] for t in run["tags"]}} for run in found["results"]
         ]
+
+    def story(self, run: dict[str, Any]) -> str:
+        """The run's status and its last events, with their errors."""
+        logs = graphql(self.webserver_url, _LOGS, {"runId": run["runId"]})["logsForRun"]
+        lines = [f"run {run['runId']}: {run['status']}"]
+        for event in logs.get("events", [])[-8:]:
+            lines.append(event.get("message", ""))
+            if event.get("error"):
+                lines.append(event["error"]["message"])
+        return "\n".join(lines)
 
     def run_pod(self, run_id: str) -> dict[str, Any]:
         (pod,) = self.cluster.get("pods", "-n", NAMESPACE, "-l", f"dagster/run-id={run_id}")[
@@ -120,7 +140,8 @@ def release(docker: DockerEngine, image_with_chdb: str, tmp_path_factory) -> Ite
         objects = release_objects(state / "node-dirs")
         cluster.kubectl("apply", "-f", "-", input=as_yaml(objects))
         wait_until(
-            lambda: _all_ready(cluster, objects), READY_TIMEOUT_S, "every workload Ready",
+            lambda: _all_ready(cluster, objects), READY_TIMEOUT_S,
+            "readiness of every Deployment and StatefulSet",
             lambda: _pods_and_events(cluster) + cluster.log_tails(),
         )  # fmt: skip
         cluster.forward(f"service/{WEBSERVER}", FORWARDED_WEBSERVER_PORT, 80)
@@ -217,7 +238,7 @@ def first_run(release) -> Iterator[dict]:
 
 
 def test_sensor_run_is_a_job_the_daemon_account_creates(release, first_run):
-    assert first_run["status"] == "SUCCESS", first_run
+    assert first_run["status"] == "SUCCESS", release.story(first_run)
     job = f"dagster-run-{first_run['runId']}"
     (created,) = [
         event
@@ -321,7 +342,7 @@ def test_a_second_run_takes_new_and_updated_rows(release, first_run):
         release, "a second run started by the sensor",
         lambda run: _sensor_run(run) and run["runId"] not in before,
     )  # fmt: skip
-    assert run["status"] == "SUCCESS", run
+    assert run["status"] == "SUCCESS", release.story(run)
     # Every column of every row equal: the renamed customers included.
     assert _compare_synced_tables(release)["customers"] == SOURCE_ROWS + NEW_ROWS
 
@@ -353,12 +374,12 @@ def test_a_run_pod_killed_mid_run_is_retried(release, first_run):
         release, "the killed run marked failed", lambda run: run["runId"] == killed["runId"],
         RETRY_TIMEOUT_S,
     )  # fmt: skip
-    assert failed["status"] == "FAILURE", failed
+    assert failed["status"] == "FAILURE", release.story(failed)
     retry = _wait_for_run(
         release, "the killed run retried",
         lambda run: run["tags"].get("dagster/parent_run_id") == killed["runId"], RETRY_TIMEOUT_S,
     )  # fmt: skip
-    assert retry["status"] == "SUCCESS", retry
+    assert retry["status"] == "SUCCESS", release.story(retry)
     assert retry["tags"]["dagster/retry_number"] == "1"
     assert _compare_synced_tables(release)["customers"] == SOURCE_ROWS + NEW_ROWS + 1
 

@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cluster import build
-from cluster.images import PAUSE_IMAGE
-from cluster.netns import NetworkNamespace, network_namespace
 from docker_support import DockerEngine, unmount_below
 from k8s_support import NAMESPACE
 from waiting import wait_until
 
+from cluster import build
+from cluster.images import PAUSE_IMAGE
+from cluster.netns import NetworkNamespace, network_namespace
 from demo.stack import Service, start_service, stop_services
 
 NODE_IP = "10.200.0.1"
@@ -44,13 +44,11 @@ CLUSTER_DOMAIN = "cluster.local"
 ADMIN = "admin"
 START_TIMEOUT_S = 180
 DNS_REFRESH_S = 1
-CNI_PLUGINS = Path("/usr/lib/cni")
+CNI_PLUGINS = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 # The components' environment: nothing of the test's, and the tools they run (iptables,
 # nsenter, socat, mount) on PATH.
-COMPONENT_ENV = {
-    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-}  # Debian's containernetworking-plugins
-# Whose Job writes the audit log records: the run launcher's, and whoever else creates Jobs.
+COMPONENT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+# The audit log records who creates and deletes Jobs: the run launcher, and anyone else.
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
     "kind": "Policy",
@@ -85,12 +83,16 @@ class Cluster:
         self.services.append(service)
         return service
 
+    def kubectl_argv(self, *args: str) -> list[str]:
+        """kubectl on the admin kubeconfig, its discovery cache in the state directory."""
+        return [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}",
+                f"--cache-dir={self.state / 'kubectl-cache'}", *args]  # fmt: skip
+
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess:
-        argv = [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args]
         finished = subprocess.run(
-            self.namespace.command(*argv),
+            self.namespace.command(*self.kubectl_argv(*args)),
             input=input, capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
         if check and finished.returncode:
@@ -102,9 +104,11 @@ class Cluster:
 
     def forward(self, resource: str, local_port: int, remote_port: int) -> None:
         """`kubectl port-forward` to `resource`, listening on the namespace's loopback."""
-        argv = [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", "port-forward",
-                "--namespace", NAMESPACE, resource, f"{local_port}:{remote_port}"]  # fmt: skip
-        self.start(f"port-forward-{resource.replace('/', '-')}", *argv)
+        self.start(
+            f"port-forward-{resource.replace('/', '-')}",
+            *self.kubectl_argv("port-forward", "--namespace", NAMESPACE, resource,
+                               f"{local_port}:{remote_port}"),
+        )  # fmt: skip
 
     def get(self, *args: str) -> dict[str, Any]:
         """`kubectl get … -o json`, parsed."""

@@ -39,7 +39,14 @@ from cluster.node import Cluster, missing_prerequisites, single_node_cluster
 from cluster.release import as_yaml, chdb_url, release_objects
 from docker_support import DockerEngine, base_image
 from e2e_support import JOB, SENSOR, assert_lists_the_sync, only
-from k8s_support import DOCKERFILE, NAMESPACE, Objects, helm_release, manifests
+from k8s_support import (
+    DOCKERFILE,
+    NAMESPACE,
+    Objects,
+    helm_release,
+    manifests,
+    user_deployment,
+)
 from prerequisites import required_or_skipped
 from waiting import wait_until
 
@@ -111,11 +118,8 @@ class Release:
                 lines.append(event["error"]["message"])
         return "\n".join(lines)
 
-    def run_pod(self, run_id: str) -> dict[str, Any]:
-        (pod,) = self.cluster.get("pods", "-n", NAMESPACE, "-l", f"dagster/run-id={run_id}")[
-            "items"
-        ]
-        return pod
+    def run_pods(self, run_id: str) -> list[dict[str, Any]]:
+        return self.cluster.get("pods", "-n", NAMESPACE, "-l", f"dagster/run-id={run_id}")["items"]
 
 
 def _forwarded_url(secret_url: str, user: str, password: str, port: int) -> str:
@@ -199,18 +203,12 @@ def test_every_deployment_and_statefulset_becomes_ready(release):
 
 
 def test_webserver_loads_the_code_location(release):
-    cron = next(
-        entry["value"]
-        for entry in release.objects.get("Deployment", CODE_SERVER)["spec"]["template"]["spec"][
-            "containers"
-        ][0]["env"]
-        if entry["name"] == "SYNC_SCHEDULE_CRON"
-    )
+    cron = {env["name"]: env["value"] for env in user_deployment()["env"]}["SYNC_SCHEDULE_CRON"]
     assert_lists_the_sync(release.webserver_url, LOCATION_NAME, cron)
 
 
 def _wait_for_run(release: Release, what: str, matches, timeout: float = RUN_TIMEOUT_S) -> dict:
-    """The run `matches` picks, once it has ended; a failed one fails the test with its logs."""
+    """The newest run `matches` picks, once it has ended."""
 
     def ended() -> dict | None:
         found = [run for run in release.runs() if matches(run)]
@@ -260,7 +258,7 @@ def test_sensor_run_is_a_job_the_daemon_account_creates(release, first_run):
 
 def test_run_pod_of_our_image_as_its_user_copies_the_demo_rows(release, first_run):
     _wait_until_idle(release)
-    pod = release.run_pod(first_run["runId"])
+    (pod,) = release.run_pods(first_run["runId"])
     (container,) = pod["spec"]["containers"]
     assert container["image"] == USER_CODE_IMAGE
     assert pod["spec"]["securityContext"]["runAsUser"] == RUN_USER
@@ -390,7 +388,7 @@ def _new_sensor_run(release: Release, before: set[str]) -> dict[str, Any] | None
 
 def _waiting_on_the_lock(release: Release, run_id: str) -> dict[str, Any] | None:
     """The run's pod, once it runs and its connection to the source waits on a lock."""
-    pods = release.cluster.get("pods", "-n", NAMESPACE, "-l", f"dagster/run-id={run_id}")["items"]
+    pods = release.run_pods(run_id)
     if not pods or pods[0]["status"]["phase"] != "Running":
         return None
     with _source(release) as source, source.cursor() as cursor:

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: dev test unit lint bench soak lock browser docker clean
+.PHONY: dev test unit lint bench soak lock browser docker kubernetes clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest --noconftest -q tests/unit
 
 # `dg check defs` loads the code location as Dagster does: a broken definition fails in seconds.
-test: lint unit browser docker
+test: lint unit browser docker kubernetes
 	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/dg check defs
 	$(BIN)/python -m pytest --ignore=tests/unit
 
@@ -63,6 +63,21 @@ docker:
 	  echo "installing docker.io and debootstrap for the image tests (apt-get)"; \
 	  apt-get update -qq && \
 	  env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null; \
+	fi
+
+# The Kubernetes test (tests/test_kubernetes.py) builds Kubernetes 1.20.2 from Debian's source
+# package once (cached in ~/.cache/pg2ch/kubernetes) and runs a single-node cluster in a network
+# namespace of its own: Debian's Go, etcd, CNI plugins, dnsmasq, iptables and socat. Installed
+# only as root, who can run that cluster; elsewhere the test skips and says why.
+KUBERNETES_PACKAGES := golang-go dpkg-dev gcc etcd-server containernetworking-plugins \
+	dnsmasq-base iptables conntrack socat
+kubernetes:
+	@if [ "$$(id -u)" = 0 ] && ! { command -v go && command -v dpkg-source && command -v gcc \
+	    && command -v etcd && command -v dnsmasq && command -v iptables && command -v conntrack \
+	    && command -v socat && test -x /usr/lib/cni/bridge; } >/dev/null 2>&1; then \
+	  echo "installing Debian's packages for the Kubernetes test (apt-get)"; \
+	  apt-get update -qq && \
+	  env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(KUBERNETES_PACKAGES) >/dev/null; \
 	fi
 
 clean:

@@ -135,6 +135,13 @@ def render_release(run_coordinator_template: str | None = None) -> Objects:
     `run_coordinator_template` names a file of ../shared/dagster-chart-variants/ that replaces
     the chart's `_run-coordinator.tpl`.
     """
+    return render_chart(skaffold_values(), run_coordinator_template)
+
+
+def render_chart(
+    chart_values: dict[str, Any], run_coordinator_template: str | None = None
+) -> Objects:
+    """The chart rendered with `chart_values`, as skaffold's release `dagster` in `pg2ch`."""
     source = require_shared(CHART_FULL_DIR / "Chart.yaml").parent
     release = helm_release()
     with tempfile.TemporaryDirectory() as temp:
@@ -145,7 +152,7 @@ def render_release(run_coordinator_template: str | None = None) -> Objects:
             shutil.copyfile(variant, chart_dir / RUN_COORDINATOR_TEMPLATE)
         with Chart.load(str(chart_dir)) as chart:
             rendered = chart.render(
-                values=skaffold_values(), name=release["name"], namespace=release["namespace"]
+                values=chart_values, name=release["name"], namespace=release["namespace"]
             )
     assert release["namespace"] == NAMESPACE
     documents = [

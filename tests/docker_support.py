@@ -113,8 +113,8 @@ def privileges(status: str) -> dict[str, str]:
 
 
 @contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """One test session at a time uses the private daemon's data root."""
+def exclusive(path: Path) -> Iterator[None]:
+    """One test session at a time holds `path`'s lock (a cache's state, a daemon's data root)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -125,7 +125,7 @@ def _exclusive(path: Path) -> Iterator[None]:
 def private_daemon() -> Iterator[DockerEngine]:
     """A dockerd of our own: socket and state under a temporary directory, images cached."""
     data_root = cache_dir() / "data"
-    with _exclusive(cache_dir() / "lock"), tempfile.TemporaryDirectory(prefix="pg2ch-dkr-") as run:
+    with exclusive(cache_dir() / "lock"), tempfile.TemporaryDirectory(prefix="pg2ch-dkr-") as run:
         socket = Path(run) / "docker.sock"
         argv = [
             "dockerd",
@@ -135,6 +135,8 @@ def private_daemon() -> Iterator[DockerEngine]:
             f"--pidfile={run}/docker.pid",
             "--iptables=false",
             "--bridge=none",
+            f"--add-runtime={RUNTIME}={_write_runtime(Path(run))}",
+            f"--default-runtime={RUNTIME}",
         ]
         daemon = start_service("dockerd", argv, dict(os.environ), Path(run))
         engine = DockerEngine(f"unix://{socket}", private=True)
@@ -149,12 +151,47 @@ def private_daemon() -> Iterator[DockerEngine]:
             engine.run("image", "prune", "--force")  # earlier builds' images, now untagged
         finally:
             stopped_by_force = stop_services([daemon])
-            _unmount_below(Path(run))
+            unmount_below(Path(run))
         assert stopped_by_force == [], "dockerd or its containerd had to be stopped by force"
 
 
-def _unmount_below(directory: Path) -> None:
-    """dockerd leaves its network namespace mounted in its exec root when it stops."""
+# runc, except that a negative oom_score_adj asked for a container is raised to 0: this
+# machine refuses negative values (writing one fails with an I/O error), and the kubelet asks
+# -998 for every pod sandbox, which then fails in runc with "can't get final child's PID".
+RUNTIME = "runc-oom-score-0"
+_RUNTIME_SCRIPT = """#!/bin/sh
+previous=""
+for argument in "$@"; do
+    case "$previous" in --bundle|-b) bundle="$argument" ;; esac
+    case "$argument" in --bundle=*) bundle="${argument#--bundle=}" ;; esac
+    previous="$argument"
+done
+if [ -n "${bundle:-}" ]; then
+    /usr/bin/python3 - "$bundle/config.json" <<'PY'
+import json, sys
+with open(sys.argv[1]) as file:
+    config = json.load(file)
+process = config.get("process", {})
+if process.get("oomScoreAdj", 0) < 0:
+    process["oomScoreAdj"] = 0
+    with open(sys.argv[1], "w") as file:
+        json.dump(config, file)
+PY
+fi
+exec runc "$@"
+"""
+
+
+def _write_runtime(directory: Path) -> Path:
+    path = directory / RUNTIME
+    path.write_text(_RUNTIME_SCRIPT)
+    path.chmod(0o755)
+    return path
+
+
+def unmount_below(directory: Path) -> None:
+    """Whatever stays mounted below `directory`: dockerd's network namespace in its exec root,
+    the kubelet's volumes in its root directory."""
     mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
     for mount in sorted((m for m in mounts if m.startswith(f"{directory}/")), reverse=True):
         subprocess.run(["umount", mount], check=True)

@@ -25,10 +25,13 @@ from user_code.config import DEMO_CONFIG, parse_sync_config
 from user_code.plan import plan_tables
 from user_code.sync.catalog import relation_pages
 from user_code.sync.ddl import create_table_sql
-from user_code.sync.load import count_live_rows
+from user_code.sync.load import StepResult, count_live_rows
 from user_code.sync.postgres import connect, count_rows, fetch_all
+from user_code.sync.postgres_names import split_table_name
+from user_code.sync.prepare import prepare
 from user_code.sync.snapshot import page_ranges
-from user_code.sync.table_sync import StepResult, TableSync
+from user_code.sync.table import Session, Table, read_table
+from user_code.sync.table_sync import new_records, snapshot, updates
 from user_code.sync.target_table import TargetTable, quote_ch_name
 from user_code.sync.watermark import Cursor, latest
 
@@ -91,12 +94,12 @@ def merged(client: Client, before: Counter[str]) -> Parts:
     return Parts(after["MergeTreeDataWriterBlocks"], after["MergedRows"])
 
 
-def initial_load(table: TableSync) -> tuple[Timing, StepResult]:
+def initial_load(session: Session, table: Table) -> tuple[Timing, StepResult]:
     """What the asset runs on a table it never loaded: create the table, take a snapshot."""
-    table.clickhouse.command(f"DROP TABLE IF EXISTS {table.target.qualified_name} SYNC")
+    session.clickhouse.command(f"DROP TABLE IF EXISTS {table.target.qualified_name} SYNC")
     started, cpu = time.monotonic(), cpu_seconds()
-    table.prepare()
-    result = table.snapshot()
+    prepare(session.clickhouse, table)
+    result = snapshot(session, table, table.target)
     return Timing(time.monotonic() - started, cpu_seconds() - cpu), result
 
 
@@ -110,18 +113,21 @@ def native_load(client: Client, target: TargetTable, pg_url: str) -> Timing:
     started, cpu = time.monotonic(), cpu_seconds()
     client.command(
         f"INSERT INTO {target.qualified_name} SELECT *, 0 FROM postgresql("
-        f"'{host}', '{url.path.lstrip('/')}', '{SPEC.table_name}', 'postgres', '')"
+        f"'{host}', '{url.path.lstrip('/')}', '{split_table_name(SPEC.source)[1]}', "
+        "'postgres', '')"
     )
     return Timing(time.monotonic() - started, cpu_seconds() - cpu)
 
 
-def copy_alone(table: TableSync, pg_url: str, partitions: int = 1, binary: bool = True) -> float:
+def copy_alone(
+    session: Session, table: Table, pg_url: str, partitions: int = 1, binary: bool = True
+) -> float:
     """Wall seconds of Postgres alone: COPY of the snapshot's own query, drained to nothing.
 
     `psql` writes the COPY output to /dev/null without parsing it: the most any loader can
     read, one `psql` per partition, on the same page ranges as the partitioned snapshot.
     """
-    conditions = page_ranges(relation_pages(table.postgres, SPEC.source), partitions)
+    conditions = page_ranges(relation_pages(session.postgres, SPEC.source), partitions)
     form = " (FORMAT binary)" if binary else ""
     psql = [POSTGRES_BIN_PATH / "psql", "-X", "-q", "-d", pg_url, "-c"]
     queries = [f"COPY ({table.source.select_sql(where)}) TO STDOUT{form}" for where in conditions]
@@ -132,20 +138,20 @@ def copy_alone(table: TableSync, pg_url: str, partitions: int = 1, binary: bool 
     return time.monotonic() - started
 
 
-def partition_sweep(table: TableSync, pg_url: str, rows: int, native_seconds: float) -> list:
+def partition_sweep(
+    session: Session, table: Table, pg_url: str, rows: int, native_seconds: float
+) -> list:
     """The initial load with each `snapshot_partitions` of SWEEP, next to COPY alone in as many
     streams; the fastest of SWEEP_REPEATS alternating runs counts."""
     loads: dict[int, list[Timing]] = {partitions: [] for partitions in SWEEP}
     copies: dict[int, list[float]] = {partitions: [] for partitions in SWEEP}
     for _ in range(SWEEP_REPEATS):
         for partitions in SWEEP:
-            spec = dataclasses.replace(SPEC.table_settings, snapshot_partitions=partitions)
-            partitioned = TableSync(
-                spec, table.postgres, table.clickhouse, "pg2ch", postgres_url=pg_url
-            )
-            loads[partitions].append(initial_load(partitioned)[0])
-            wait_for_merges(table.clickhouse)
-            copies[partitions].append(copy_alone(table, pg_url, partitions))
+            spec = SPEC.model_copy(update={"snapshot_partitions": partitions})
+            partitioned = dataclasses.replace(table, spec=spec)
+            loads[partitions].append(initial_load(session, partitioned)[0])
+            wait_for_merges(session.clickhouse)
+            copies[partitions].append(copy_alone(session, table, pg_url, partitions))
             log(
                 f"{partitions} partition(s): pg2ch {loads[partitions][-1].seconds:.2f} s, "
                 f"COPY alone {copies[partitions][-1]:.2f} s"
@@ -177,13 +183,16 @@ class Incremental:
 
 
 def incremental(
-    table: TableSync, created_at: datetime | None, updated_at: datetime | None
+    session: Session, table: Table, created_at: datetime | None, updated_at: datetime | None
 ) -> Incremental:
     """The asset's two steps on a loaded table, as it runs them, timed together."""
     started = time.monotonic()
-    new = table.new_records(Cursor(SPEC.created_at, created_at, SPEC.lookback))
+    new = new_records(
+        session, table, Cursor(SPEC.created_at, created_at, SPEC.lookback), table.target
+    )
     created_at = latest(created_at, new.created_at)
-    changed = table.updates(Cursor(SPEC.updated_at, updated_at, SPEC.lookback), created_at)
+    cursor = Cursor(SPEC.updated_at, updated_at, SPEC.lookback)
+    changed = updates(session, table, cursor, created_at, table.target)
     return Incremental(
         time.monotonic() - started,
         new.rows_read + changed.rows_read,
@@ -193,7 +202,9 @@ def incremental(
     )
 
 
-def explain(table: TableSync, created_at: datetime, updated_at: datetime) -> dict[str, str]:
+def explain(
+    session: Session, table: Table, created_at: datetime, updated_at: datetime
+) -> dict[str, str]:
     """The plans Postgres picks for the two cursor queries, with the parameters of a run."""
     source = table.source
     new_since = Cursor(SPEC.created_at, created_at, SPEC.lookback).start
@@ -209,7 +220,7 @@ def explain(table: TableSync, created_at: datetime, updated_at: datetime) -> dic
         ),
     }
     return {
-        step: "\n".join(row[0] for row in fetch_all(table.postgres, f"EXPLAIN {sql}", parameters))
+        step: "\n".join(row[0] for row in fetch_all(session.postgres, f"EXPLAIN {sql}", parameters))
         for step, (sql, parameters) in queries.items()
     }
 
@@ -217,7 +228,8 @@ def explain(table: TableSync, created_at: datetime, updated_at: datetime) -> dic
 def run(pg_url: str, chdb_dir: str, rows: int, sweep: bool) -> dict:
     client = clickhouse_connect.get_client(dsn=f"chdb://{chdb_dir}")
     with connect(pg_url) as postgres:
-        table = TableSync(SPEC.table_settings, postgres, client, "pg2ch", postgres_url=pg_url)
+        session = Session(postgres, client, postgres_url=pg_url)
+        table = read_table(postgres, SPEC, "pg2ch")
         native_target = dataclasses.replace(table.target, database="native")
         baseline_rss = peak_rss_mb()
         loads: list[Timing] = []
@@ -226,7 +238,7 @@ def run(pg_url: str, chdb_dir: str, rows: int, sweep: bool) -> dict:
         parts: dict[str, list[Parts]] = {"pg2ch": [], "native": []}
         for attempt in range(1, REPEATS + 1):
             before = part_events(client)
-            timing, result = initial_load(table)
+            timing, result = initial_load(session, table)
             loads.append(timing)
             if attempt == 1:
                 load_rss = peak_rss_mb()  # nothing else has run in this process yet
@@ -235,7 +247,7 @@ def run(pg_url: str, chdb_dir: str, rows: int, sweep: bool) -> dict:
             natives.append(native_load(client, native_target, pg_url))
             parts["native"].append(merged(client, before))
             for form in copies:
-                copies[form].append(copy_alone(table, pg_url, binary=form == "binary"))
+                copies[form].append(copy_alone(session, table, pg_url, binary=form == "binary"))
             log(
                 f"run {attempt}: pg2ch {timing.seconds:.2f} s, native {natives[-1].seconds:.2f} s, "
                 f"COPY alone {copies['binary'][-1]:.2f} s binary, {copies['text'][-1]:.2f} s text; "
@@ -248,13 +260,15 @@ def run(pg_url: str, chdb_dir: str, rows: int, sweep: bool) -> dict:
         initial_parts = parts["pg2ch"][loads.index(initial)]
         native_parts = parts["native"][natives.index(native)]
         copy_seconds = {form: min(runs) for form, runs in copies.items()}
-        partitions = partition_sweep(table, pg_url, rows, native.seconds) if sweep else None
+        partitions = (
+            partition_sweep(session, table, pg_url, rows, native.seconds) if sweep else None
+        )
 
         update_customers(postgres, ids_modulo=CHANGED_ONE_IN)
         insert_customers(postgres, rows // CHANGED_ONE_IN)
-        plans = explain(table, result.created_at, result.updated_at)
-        changes = incremental(table, result.created_at, result.updated_at)
-        noop = incremental(table, changes.created_at, changes.updated_at)
+        plans = explain(session, table, result.created_at, result.updated_at)
+        changes = incremental(session, table, result.created_at, result.updated_at)
+        noop = incremental(session, table, changes.created_at, changes.updated_at)
         log(f"incremental {changes.seconds:.2f} s, no-change rerun {noop.seconds:.2f} s")
         in_sync = count_rows(postgres, SPEC.source) == count_live_rows(client, table.target)
     client.close()

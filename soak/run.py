@@ -45,6 +45,7 @@ from user_code.config import load_sync_config
 from user_code.plan import load_plan
 from user_code.resources import ClickHouseResource, PostgresResource, open_table
 from user_code.state import TableKeys
+from user_code.sync.compare import compare_content
 from user_code.sync.postgres import connect
 
 SOAK_DIR = REPO_ROOT / ".soak"
@@ -219,13 +220,13 @@ def verify(env: dict[str, str], instance: dg.DagsterInstance) -> dict:
     postgres = PostgresResource(url=env["PG_URL"])
     clickhouse = ClickHouseResource(url=env["CLICKHOUSE_URL"])
     for spec in load_plan(load_sync_config(env["SYNC_CONFIG"]), env["PG_URL"]).tables:
-        with open_table(spec, postgres, clickhouse) as table:
-            comparison = table.compare_content()
-            duplicates = table.clickhouse.query(
+        with open_table(spec, postgres, clickhouse) as (session, table):
+            comparison = compare_content(session, table)
+            duplicates = session.clickhouse.query(
                 f"SELECT count() - uniqExact(id) FROM {table.target.qualified_name} FINAL "
                 "WHERE _is_deleted = 0"
             ).result_rows[0][0]
-        comparisons[spec.target_table] = {
+        comparisons[spec.target] = {
             "postgres_live_rows": comparison.postgres_rows,
             "clickhouse_live_rows": comparison.clickhouse_rows,
             "differing_key_ranges": len(comparison.differing_ranges),

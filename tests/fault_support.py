@@ -12,7 +12,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from user_code.resources import ClickHouseResource
-from user_code.sync import table_sync
+from user_code.sync import load
 from user_code.sync.errors import SyncError
 from user_code.sync.target_table import TargetTable
 
@@ -24,12 +24,12 @@ def intercept_inserts(
     patch: pytest.MonkeyPatch, interceptor: Callable[[TargetTable, pa.RecordBatch, Insert], None]
 ) -> None:
     """Every batch the sync inserts passes through `interceptor(target, batch, insert)`."""
-    insert_batch = table_sync.insert_batch
+    insert_batch = load.insert_batch
 
     def intercepted(client: Client, target: TargetTable, batch: pa.RecordBatch, *args, **kwargs):
         interceptor(target, batch, lambda b: insert_batch(client, target, b, *args, **kwargs))
 
-    patch.setattr(table_sync, "insert_batch", intercepted)
+    patch.setattr(load, "insert_batch", intercepted)
 
 
 def crash_after(

@@ -2,6 +2,7 @@
 source, and what ClickHouse holds."""
 
 import os
+from dataclasses import replace
 
 import adbc_driver_postgresql.dbapi as adbc
 import dagster as dg
@@ -12,9 +13,11 @@ from user_code.definitions import build_definitions
 from user_code.plan import Plan, plan_tables
 from user_code.resources import ClickHouseResource
 from user_code.state import CONTENT_CHECKSUM, ROW_COUNT_PARITY
-from user_code.sync.compare import Comparison
+from user_code.sync.compare import Comparison, compare_content
 from user_code.sync.postgres import connect
-from user_code.sync.table_sync import TableSync
+from user_code.sync.prepare import prepare
+from user_code.sync.settings import TableSpec
+from user_code.sync.table import Session, Table, read_table
 
 # A second shape of table: a two-column key, and timestamps without a time zone.
 ORDER_LINES = """
@@ -58,7 +61,7 @@ def run_sync(
     config = config or demo_config()
     definitions = build_definitions(config, os.environ["CLICKHOUSE_URL"])
     job = definitions.resolve_job_def(job_name)
-    op = f"sync_{config.tables[0].target_table}"
+    op = f"sync_{config.tables[0].target}"
     run_config = {"ops": {op: {"config": run_config}}} if run_config else None
     return job.execute_in_process(
         instance=instance, run_config=run_config, raise_on_error=raise_on_error
@@ -99,8 +102,21 @@ def compare(config: Plan) -> Comparison:
     """Postgres against ClickHouse `FINAL`, every column of every row of the first table."""
     clickhouse = ClickHouseResource(url=os.environ["CLICKHOUSE_URL"])
     with connect(os.environ["PG_URL"]) as connection, clickhouse.get_client() as client:
-        table = TableSync(config.tables[0].table_settings, connection, client, clickhouse.database)
-        return table.compare_content()
+        table = read_table(connection, config.tables[0], clickhouse.database)
+        return compare_content(Session(connection, client), table)
+
+
+def engine_table(
+    postgres: adbc.Connection,
+    client: Client,
+    spec: TableSpec,
+    database: str,
+    postgres_url: str | None = None,
+) -> tuple[Session, Table]:
+    """One table as the engine syncs it, its ClickHouse table made ready as a run makes it."""
+    table = read_table(postgres, spec, database)
+    table = replace(table, target=prepare(client, table).target)
+    return Session(postgres, client, postgres_url=postgres_url), table
 
 
 def step_metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict]:

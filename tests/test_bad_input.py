@@ -107,11 +107,11 @@ def failed_run(sync_env, customers, ch, clickhouse):
     ("overrides", "message"),
     [
         ({"source": "public.nothing_here"}, "public.nothing_here: no such table in Postgres"),
-        ({"created_at": "born"}, "public.customers: no column 'born' in Postgres"),
-        ({"primary_key": ["email"]}, "customers.email: primary key columns must be NOT NULL"),
+        ({"created_at": "born"}, "public.customers: `created_at`: no column 'born': name one"),
+        ({"primary_key": ["email"]}, "customers: primary key column 'email' is nullable: make"),
         ({"primary_key": ["name"]}, "customers: no primary key or unique index on (name)"),
-        ({"created_at": "name"}, "`created_at` must be a timestamp or timestamptz column"),
-        ({"soft_delete": "gone"}, "public.customers: no column 'gone' in Postgres"),
+        ({"created_at": "name"}, "`created_at` column 'name' is text, not a timestamp or"),
+        ({"soft_delete": "gone"}, "public.customers: `soft_delete`: no column 'gone': name"),
     ],
 )
 def test_config_that_does_not_match_the_source(failed_run, overrides, message):
@@ -120,13 +120,14 @@ def test_config_that_does_not_match_the_source(failed_run, overrides, message):
 
 def test_nullable_updated_at_is_refused(failed_run, customers):
     execute(customers, "ALTER TABLE customers ADD COLUMN touched_at timestamptz")
-    assert "`updated_at` must be NOT NULL" in failed_run(demo_config(updated_at="touched_at"))
+    message = failed_run(demo_config(updated_at="touched_at"))
+    assert "`updated_at` column 'touched_at' is nullable: it is the row version" in message
 
 
 def test_source_column_named_like_pg2ch_own_column_is_refused(failed_run, customers):
     execute(customers, "ALTER TABLE customers ADD COLUMN _is_deleted boolean")
     message = failed_run(demo_config())
-    assert "public.customers._is_deleted: pg2ch uses this column name itself" in message
+    assert "public.customers: column '_is_deleted': pg2ch uses this column name itself" in message
     assert "sync a view that renames the column" in message
 
 

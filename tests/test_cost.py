@@ -141,7 +141,7 @@ def test_a_cursor_column_without_an_index_is_named_with_the_index_to_add(custome
     plan = load_plan(parse_sync_config(config), pg_url)
 
     advice = 'CREATE INDEX CONCURRENTLY ON "public"."customers" ("updated_at");'
-    assert plan.tables[0].unindexed_cursors == ["updated_at"]
+    assert plan.tables[0].unindexed_cursors == ("updated_at",)
     assert f"no index on `updated_at`: every run scans the table whole; add one: {advice}" in (
         describe(plan)
     )

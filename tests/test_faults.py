@@ -13,14 +13,23 @@ import adbc_driver_postgresql.dbapi as adbc
 import dagster as dg
 import pytest
 from fault_support import crash_after
-from sync_support import ORDER_LINES, compare, demo_config, execute, run_sync, step_metadata
+from sync_support import (
+    ORDER_LINES,
+    compare,
+    demo_config,
+    engine_table,
+    execute,
+    run_sync,
+    step_metadata,
+)
 
 from demo.seed import insert_customers, update_customers
 from user_code.plan import Plan
 from user_code.state import TableKeys, stored_watermarks
-from user_code.sync import postgres, source_table, streaming, table_sync
+from user_code.sync import postgres, reads, source_table, streaming, table_sync
+from user_code.sync.compare import compare_content
+from user_code.sync.deletes import reconcile_deletes
 from user_code.sync.errors import SyncError
-from user_code.sync.table_sync import TableSync
 from user_code.sync.watermark import Cursor
 
 pytestmark = pytest.mark.usefixtures("sync_env")
@@ -99,7 +108,7 @@ def test_partitioned_snapshot_is_one_instant_while_writes_commit(
     config = demo_config(snapshot_partitions=3, hard_deletes=True)
     insert_customers(customers, 3000, ending_at="2020-01-01")
     (before,) = postgres.fetch_all(customers, f"SELECT {_DIGEST} FROM customers")
-    share_snapshot, shared = table_sync.share_snapshot, []
+    share_snapshot, shared = reads.share_snapshot, []
 
     def share_then_write(connections):
         share_snapshot(connections)
@@ -113,11 +122,10 @@ def test_partitioned_snapshot_is_one_instant_while_writes_commit(
             )
             insert_customers(writer, 200)
 
-    monkeypatch.setattr(table_sync, "share_snapshot", share_then_write)
-    settings = config.tables[0].table_settings
-    table = TableSync(settings, customers, ch, clickhouse.database, postgres_url=pg_url)
-    table.prepare()
-    result = table.snapshot()
+    monkeypatch.setattr(reads, "share_snapshot", share_then_write)
+    spec = config.tables[0]
+    session, table = engine_table(customers, ch, spec, clickhouse.database, pg_url)
+    result = table_sync.snapshot(session, table, table.target)
 
     loaded = ch.query(
         f"SELECT count(), sum(id), toString(sum(balance)), max(updated_at) "
@@ -130,11 +138,12 @@ def test_partitioned_snapshot_is_one_instant_while_writes_commit(
     assert loaded[:3] == before[:3]
     # The writes arrive with the incremental steps and the reconciliation, as after any load.
     monkeypatch.undo()
-    lookback = config.tables[0].lookback
-    table.new_records(Cursor("created_at", result.created_at, lookback, result.open_since))
-    table.updates(Cursor("updated_at", result.updated_at, lookback, result.open_since), None)
-    table.reconcile_deletes()
-    assert table.compare_content().equal
+    new = Cursor("created_at", result.created_at, spec.lookback, result.open_since)
+    table_sync.new_records(session, table, new, table.target)
+    changed = Cursor("updated_at", result.updated_at, spec.lookback, result.open_since)
+    table_sync.updates(session, table, changed, None, table.target)
+    reconcile_deletes(session, table)
+    assert compare_content(session, table).equal
 
 
 @pytest.mark.parametrize("batches_before_crash", [0, 3])

@@ -54,8 +54,9 @@ from demo.stack import LOCATION_NAME, graphql
 from user_code.config import load_sync_config
 from user_code.plan import load_plan
 from user_code.resources import ClickHouseResource
+from user_code.sync.compare import compare_content
 from user_code.sync.postgres import connect
-from user_code.sync.table_sync import TableSync
+from user_code.sync.table import Session, read_table
 
 RELEASE = helm_release()["name"]
 DAEMON_ACCOUNT = f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
@@ -294,10 +295,10 @@ def _compare_synced_tables(release: Release) -> dict[str, int]:
     rows = {}
     with connect(release.source_url) as postgres, clickhouse.get_client() as client:
         for spec in (spec for spec in plan.tables if spec.cursors):
-            table = TableSync(spec.table_settings, postgres, client, clickhouse.database)
-            comparison = table.compare_content()
-            assert comparison.equal, (spec.target_table, comparison)
-            rows[spec.target_table] = comparison.clickhouse_rows
+            table = read_table(postgres, spec, clickhouse.database)
+            comparison = compare_content(Session(postgres, client), table)
+            assert comparison.equal, (spec.target, comparison)
+            rows[spec.target] = comparison.clickhouse_rows
     shutil.rmtree(copy)
     return rows
 

@@ -22,7 +22,7 @@ from sync_support import (
 
 from demo.seed import insert_customers
 from demo.stack import REPO_ROOT
-from user_code.sync import prepare, rebuild
+from user_code.sync import existing_table, prepare, rebuild
 from user_code.sync.ddl import create_table_sql, drop_table_sql, exchange_sql
 from user_code.sync.errors import SyncError
 from user_code.sync.target_table import Layout, TargetTable
@@ -59,7 +59,7 @@ def test_order_by_partition_by_and_settings_are_applied(order_lines, sync_env, c
     )
     run_sync(dg.DagsterInstance.ephemeral(), config)
     sorting_key, partition_key, engine = table_row(ch, clickhouse, "order_lines")
-    assert prepare.key_columns(sorting_key) == ("sku", "order_id", "line")
+    assert existing_table.key_columns(sorting_key) == ("sku", "order_id", "line")
     assert partition_key == "toYYYYMM(created_at)"
     assert "index_granularity = 1024" in engine
     assert engine.startswith("ReplacingMergeTree(updated_at, _is_deleted)")
@@ -106,7 +106,7 @@ def test_a_table_the_user_created_is_used_as_it_is(customers, sync_env, ch, clic
     run_sync(instance, full_refresh=True)  # into the user's table: never rebuilt by pg2ch
 
     sorting_key, partition_key, engine = table_row(ch, clickhouse, "customers")
-    assert (prepare.key_columns(sorting_key), partition_key) == (
+    assert (existing_table.key_columns(sorting_key), partition_key) == (
         ("created_by", "id"),
         "toYYYYMM(created_at)",
     )
@@ -148,7 +148,7 @@ def test_the_plan_prints_ddl_that_makes_a_table_of_the_user_s(
     assert "rebuilt_because" not in steps["initial_load"]  # the user's table: reloaded in place
     assert tables_in(ch, clickhouse.database) == ["order_lines"]
     sorting_key, partition_key, _ = table_row(ch, clickhouse, "order_lines")
-    assert prepare.key_columns(sorting_key) == ("sku", "order_id", "line")
+    assert existing_table.key_columns(sorting_key) == ("sku", "order_id", "line")
     assert partition_key == "toYYYYMM(created_at)"
     assert_verified(instance, plan)
 
@@ -204,7 +204,10 @@ def test_a_layout_sync_config_asks_of_a_table_the_user_created_is_reported_not_a
     message = result.get_step_failure_events()[0].step_failure_data.error.message
     assert "the table you created differs from SYNC_CONFIG" in message
     assert "order_by is (created_by, id), SYNC_CONFIG asks for (country, id)" in message
-    assert prepare.key_columns(table_row(ch, clickhouse, "customers")[0]) == ("created_by", "id")
+    assert existing_table.key_columns(table_row(ch, clickhouse, "customers")[0]) == (
+        "created_by",
+        "id",
+    )
 
 
 def test_a_key_column_that_changes_keeps_the_row_twice_and_the_check_says_so(

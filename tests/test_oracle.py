@@ -12,9 +12,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from fault_support import intercept_inserts
-from sync_support import demo_config, execute
+from sync_support import demo_config, engine_table, execute
 
-from user_code.sync.table_sync import TableSync
+from user_code.sync.compare import Comparison, compare_content
+from user_code.sync.load import StepResult
+from user_code.sync.table_sync import snapshot
 
 READINGS = [
     """
@@ -66,18 +68,25 @@ SESSION_SETTINGS = {
 }
 
 
-def _readings(pg, ch, clickhouse) -> TableSync:
-    execute(pg, *READINGS)
-    settings = demo_config(source="public.readings").tables[0].table_settings
-    table = TableSync(settings, pg, ch, clickhouse.database)
-    table.prepare()
-    return table
+class Readings:
+    """`public.readings`, loaded by the engine's snapshot and compared by the oracle."""
+
+    def __init__(self, pg, ch, clickhouse):
+        execute(pg, *READINGS)
+        spec = demo_config(source="public.readings").tables[0]
+        self.session, self.table = engine_table(pg, ch, spec, clickhouse.database)
+
+    def load(self) -> StepResult:
+        return snapshot(self.session, self.table, self.table.target)
+
+    def compare(self) -> Comparison:
+        return compare_content(self.session, self.table)
 
 
 def test_a_faithful_sync_compares_equal(pg, ch, clickhouse):
-    table = _readings(pg, ch, clickhouse)
-    table.snapshot()
-    assert table.compare_content().equal
+    readings = Readings(pg, ch, clickhouse)
+    readings.load()
+    assert readings.compare().equal
 
 
 @pytest.mark.parametrize("broken", list(BROKEN))
@@ -91,10 +100,10 @@ def test_a_conversion_wrong_every_time_is_reported_by_column(
         insert(batch.set_column(index, column, alter(batch.column(column))))
 
     intercept_inserts(monkeypatch, insert_altered)
-    table = _readings(pg, ch, clickhouse)
-    assert table.snapshot().rows_written == 20
+    readings = Readings(pg, ch, clickhouse)
+    assert readings.load().rows_written == 20
 
-    comparison = table.compare_content()
+    comparison = readings.compare()
     assert not comparison.equal
     assert comparison.differing_columns == [column]
     assert comparison.postgres_rows == comparison.clickhouse_rows == 20
@@ -104,8 +113,8 @@ def test_a_conversion_wrong_every_time_is_reported_by_column(
 def test_a_read_on_other_session_settings_is_reported_by_column(pg, ch, clickhouse, setting):
     """The comparison runs on the sync's own connection, but renders on settings it sets."""
     column, statement = SESSION_SETTINGS[setting]
-    table = _readings(pg, ch, clickhouse)
+    readings = Readings(pg, ch, clickhouse)
     execute(pg, statement)
-    assert table.snapshot().rows_written == 20
+    assert readings.load().rows_written == 20
 
-    assert table.compare_content().differing_columns == [column]
+    assert readings.compare().differing_columns == [column]

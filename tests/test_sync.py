@@ -172,7 +172,7 @@ def test_configuration_error_fails_the_run_without_retries(customers):
 
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data.error
-    assert "public.customers: no column 'no_such_column' in Postgres" in failure.message
+    assert "public.customers: `updated_at`: no column 'no_such_column'" in failure.message
     retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert retries == []
 

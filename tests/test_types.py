@@ -6,10 +6,13 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from sync_support import demo_config, execute
+from sync_support import demo_config, engine_table, execute
 
 from user_code.sync import SyncError
-from user_code.sync.table_sync import StepResult, TableSync
+from user_code.sync.compare import compare_content
+from user_code.sync.load import StepResult
+from user_code.sync.table import Session, Table
+from user_code.sync.table_sync import new_records, snapshot
 from user_code.sync.watermark import Cursor
 
 WIDEST_DECIMAL = "12345678901234567890123456789012345678.12345678901234567890123456789012345678"
@@ -99,11 +102,9 @@ def _create_source(pg, column_type: str, literals: list[str]) -> None:
     )
 
 
-def _table_sync(pg, ch, clickhouse, **options) -> TableSync:
-    settings = (
-        demo_config(source="public.t", primary_key=["id"], **options).tables[0].table_settings
-    )
-    return TableSync(settings, pg, ch, clickhouse.database)
+def _table(pg, ch, clickhouse, **options) -> tuple[Session, Table]:
+    spec = demo_config(source="public.t", primary_key=["id"], **options).tables[0]
+    return engine_table(pg, ch, spec, clickhouse.database)
 
 
 def _same(expected, actual) -> bool:
@@ -112,13 +113,13 @@ def _same(expected, actual) -> bool:
     return expected == actual and type(expected) is type(actual)
 
 
-def _load(table: TableSync, path: str) -> StepResult:
+def _load(session: Session, table: Table, path: str) -> StepResult:
     """Every row of the source through one read path: the snapshot's COPY, or the incremental
     steps' cursor pages (a parameterized query, converted by another part of the driver)."""
-    table.prepare()
     if path == "snapshot":
-        return table.snapshot()
-    return table.new_records(Cursor("created_at", SINCE_EVER, timedelta(0)))
+        return snapshot(session, table, table.target)
+    cursor = Cursor("created_at", SINCE_EVER, timedelta(0))
+    return new_records(session, table, cursor, table.target)
 
 
 SINCE_EVER = datetime(2000, 1, 1, tzinfo=UTC)
@@ -145,8 +146,8 @@ def test_type_round_trips(
     content comparison, whose renderings are independent of the sync's, agrees."""
     literals, expected = _with_null(column_type, literals, expected)
     _create_source(pg, column_type, literals)
-    table = _table_sync(pg, ch, clickhouse)
-    result = _load(table, path)
+    session, table = _table(pg, ch, clickhouse)
+    result = _load(session, table, path)
 
     assert result.rows_written == len(literals)
     column_types = dict(
@@ -159,7 +160,7 @@ def test_type_round_trips(
     rows = ch.query(f"SELECT {read_back} FROM {table.target.qualified_name} ORDER BY id")
     actual = [row[0] for row in rows.result_rows]
     assert all(_same(e, a) for e, a in zip(expected, actual, strict=True)), actual
-    comparison = table.compare_content()
+    comparison = compare_content(session, table)
     assert comparison.equal, comparison.differing_ranges
 
 
@@ -181,23 +182,23 @@ def test_nullable_arrays_as_native_arrays(
 ):
     """`nullable_arrays: array`: a native Array for array functions; NULL is read as []."""
     _create_source(pg, column_type, ["NULL", "'{}'", array_literal])
-    table = _table_sync(pg, ch, clickhouse, nullable_arrays="array")
-    _load(table, path)
+    session, table = _table(pg, ch, clickhouse, nullable_arrays="array")
+    _load(session, table, path)
 
     rows = ch.query(
         f"SELECT toTypeName(v), {read_back} FROM {table.target.qualified_name} ORDER BY id"
     ).result_rows
     assert [row[0] for row in rows] == [clickhouse_type] * 3
     assert [row[1] for row in rows] == expected
-    assert table.compare_content().equal
+    assert compare_content(session, table).equal
 
 
 @pytest.mark.parametrize("column_type", ["money", "point", "tsvector"])
 def test_type_without_lossless_form_is_a_clear_error(pg, ch, clickhouse, column_type):
     _create_source(pg, column_type, [])
 
-    with pytest.raises(SyncError, match=rf"public\.t\.v: Postgres type '{column_type}' has no"):
-        _table_sync(pg, ch, clickhouse)
+    with pytest.raises(SyncError, match=rf"public\.t: column 'v': Postgres type {column_type} has"):
+        _table(pg, ch, clickhouse)
 
 
 @pytest.mark.parametrize(
@@ -219,10 +220,9 @@ def test_value_without_clickhouse_form_stops_the_sync(
     pg, ch, clickhouse, column_type, literal, message
 ):
     _create_source(pg, column_type, [literal])
-    table = _table_sync(pg, ch, clickhouse)
-    table.prepare()
+    session, table = _table(pg, ch, clickhouse)
 
     with pytest.raises(SyncError, match=message):
-        table.snapshot()
+        snapshot(session, table, table.target)
 
     assert ch.query(f"SELECT count() FROM {table.target.qualified_name}").result_rows == [(0,)]

@@ -13,17 +13,18 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 from fault_support import intercept_inserts, reading_throughout
-from sync_support import assert_verified, execute, run_sync, tables_in
+from sync_support import assert_verified, engine_table, execute, run_sync, tables_in
 
 from demo.stack import REPO_ROOT
 from user_code.config import parse_sync_config
 from user_code.plan import Plan, plan_tables
 from user_code.sync import streaming
+from user_code.sync.compare import compare_content
 from user_code.sync.discovery import list_tables
 from user_code.sync.errors import SyncError
 from user_code.sync.postgres import connect
 from user_code.sync.rebuild import replace_whole
-from user_code.sync.table_sync import TableSync
+from user_code.sync.table import Session, Table
 
 SHOP = [
     "CREATE SCHEMA shop",
@@ -83,16 +84,16 @@ def test_a_pattern_matches_tables_and_partitioned_parents_only(shop, pg_url):
             {"defaults": DEFAULTS, "tables": [{"source": "shop.*", "exclude": ["shop.tmp_*"]}]},
         )
     assert {s.source: (s.target, s.mode, s.primary_key) for s in result.tables} == {
-        '"shop"."Mixed Case"': ("mixed_case", "incremental", ["id"]),
-        '"shop"."countries"': ("countries", "replace", ["code"]),
-        '"shop"."events"': ("events", "append", ["id"]),
-        '"shop"."orders"': ("orders", "incremental", ["id"]),
-        '"shop"."readings"': ("readings", "incremental", ["id", "taken_at"]),
+        '"shop"."Mixed Case"': ("mixed_case", "incremental", ("id",)),
+        '"shop"."countries"': ("countries", "replace", ("code",)),
+        '"shop"."events"': ("events", "append", ("id",)),
+        '"shop"."orders"': ("orders", "incremental", ("id",)),
+        '"shop"."readings"': ("readings", "incremental", ("id", "taken_at")),
     }
     assert result.skipped == []
     events = by_source(result)['"shop"."events"']
     assert (events.created_at, events.updated_at) == ("created_at", None)
-    assert by_source(result)['"shop"."countries"'].cursors == []
+    assert by_source(result)['"shop"."countries"'].cursors == ()
 
 
 def test_later_entries_override_earlier_ones_for_the_tables_they_name(shop):
@@ -323,7 +324,7 @@ def test_append_and_replace_stay_exact(shop, sync_env, ch, clickhouse, monkeypat
 
 
 @pytest.fixture
-def codes(shop, ch, clickhouse, monkeypatch) -> TableSync:
+def codes(shop, ch, clickhouse, monkeypatch) -> tuple[Session, Table]:
     """A lookup table of 3,000 rows in replace mode, loaded once, read in small batches; since
     then 1,000 rows were added and 300 changed in Postgres."""
     monkeypatch.setattr(streaming, "BATCH_SIZE_HINT_BYTES", 16 * 1024)
@@ -335,23 +336,27 @@ def codes(shop, ch, clickhouse, monkeypatch) -> TableSync:
     (spec,) = plan(
         shop, {"defaults": {"mode": "auto"}, "tables": [{"source": "shop.codes"}]}
     ).tables
-    table = TableSync(spec.table_settings, shop, ch, clickhouse.database)
-    table.prepare()
-    replace_whole(table)
+    session, table = engine_table(shop, ch, spec, clickhouse.database)
+    replace_whole(session, table)
     execute(
         shop,
         "INSERT INTO shop.codes SELECT g, 'new' FROM generate_series(3001, 4000) g",
         "UPDATE shop.codes SET label = 'changed' WHERE code % 10 = 0",
     )
-    return table
+    return session, table
 
 
-def served(client, table: TableSync) -> tuple[int, int]:
+def served(codes: tuple[Session, Table]) -> tuple[int, int]:
     """What readers of the table get: its live rows and a checksum of their content."""
-    return client.query(content_sql(table)).result_rows[0]
+    session, table = codes
+    return session.clickhouse.query(content_sql(table)).result_rows[0]
 
 
-def content_sql(table: TableSync) -> str:
+def equal(codes: tuple[Session, Table]) -> bool:
+    return compare_content(*codes).equal
+
+
+def content_sql(table: Table) -> str:
     return (
         f"SELECT count(), sum(cityHash64(code, label)) FROM {table.target.qualified_name} "
         "FINAL WHERE _is_deleted = 0"
@@ -361,21 +366,21 @@ def content_sql(table: TableSync) -> str:
 def test_readers_see_the_old_table_or_the_new_one_while_a_replace_runs(
     codes, clickhouse, monkeypatch
 ):
-    old = served(codes.clickhouse, codes)
-    with reading_throughout(clickhouse, content_sql(codes), monkeypatch) as readings:
-        result = replace_whole(codes)
-    new = served(codes.clickhouse, codes)
+    old = served(codes)
+    with reading_throughout(clickhouse, content_sql(codes[1]), monkeypatch) as readings:
+        result = replace_whole(*codes)
+    new = served(codes)
 
     assert result.rows_written == 4000
     assert (old[0], new[0]) == (3000, 4000)
     assert readings.after_inserts > 10, "the replace should load in many batches"
     # never an error, a missing table, or a table partly old and partly new
     assert set(readings.seen) <= {old, new}, sorted({str(sample) for sample in readings.seen})
-    assert codes.compare_content().equal
+    assert equal(codes)
 
 
 def test_a_replace_cut_short_leaves_the_old_table_serving(codes, monkeypatch):
-    old = served(codes.clickhouse, codes)
+    old = served(codes)
 
     def insert_then_die_on_changed_rows(target, batch, insert) -> None:
         insert(batch)
@@ -385,13 +390,12 @@ def test_a_replace_cut_short_leaves_the_old_table_serving(codes, monkeypatch):
     with monkeypatch.context() as patch:
         intercept_inserts(patch, insert_then_die_on_changed_rows)
         with pytest.raises(ConnectionError):
-            replace_whole(codes)
-    assert served(codes.clickhouse, codes) == old  # the old table, whole and unchanged
-    assert not codes.compare_content().equal  # and not yet the new content
+            replace_whole(*codes)
+    assert served(codes) == old  # the old table, whole and unchanged
+    assert not equal(codes)  # and not yet the new content
 
-    replace_whole(codes)
-    assert served(codes.clickhouse, codes)[0] == 4000
-    assert codes.compare_content().equal
-    assert tables_in(codes.clickhouse, codes.target.database) == [
-        "codes"
-    ]  # the cut-short load was dropped
+    replace_whole(*codes)
+    assert served(codes)[0] == 4000
+    assert equal(codes)
+    session, table = codes
+    assert tables_in(session.clickhouse, table.target.database) == ["codes"]  # cut-short dropped

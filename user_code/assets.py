@@ -9,17 +9,19 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TypedDict
 
 import dagster as dg
 
 from user_code.checks import evaluate_sync_checks, sync_check_specs
-from user_code.config import TableSpec
 from user_code.resources import ClickHouseResource, PostgresResource, open_table
 from user_code.state import TableKeys
 from user_code.steps import Materialization, TableSteps
+from user_code.sync import deletes
 from user_code.sync.errors import ConnectionFailed, SyncError
-from user_code.sync.prepare import Prepared
+from user_code.sync.prepare import Prepared, prepare
+from user_code.sync.settings import TableSpec
 
 SYNC_RETRY_POLICY = dg.RetryPolicy(
     max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
@@ -41,8 +43,8 @@ def _sync_table(
     clickhouse: ClickHouseResource,
 ) -> Iterator[Materialization | dg.AssetCheckResult]:
     selected = context.selected_asset_keys
-    with open_table(spec, postgres, clickhouse, context.log.info) as table:
-        steps = TableSteps(context.instance, spec, keys, table)
+    with open_table(spec, postgres, clickhouse, context.log.info) as (session, table):
+        steps = TableSteps(context.instance, keys, session, table)
         prepared = steps.prepare()
         if spec.mode == "replace":
             if keys.snapshot in selected:
@@ -84,7 +86,7 @@ def _load_steps(
 
 def _pool(spec: TableSpec) -> str:
     """One pool per ClickHouse table: with a limit of 1, writers of a table never interleave."""
-    return f"clickhouse_{spec.target_table}"
+    return f"clickhouse_{spec.target}"
 
 
 class _AssetAttributes(TypedDict):
@@ -147,13 +149,13 @@ def build_table_assets(spec: TableSpec) -> list[dg.AssetsDefinition]:
     keys = TableKeys.of(spec)
 
     @dg.multi_asset(
-        name=f"sync_{spec.target_table}",
+        name=f"sync_{spec.target}",
         specs=_step_specs(spec, keys),
         check_specs=sync_check_specs(spec, keys),
         can_subset=True,
         retry_policy=SYNC_RETRY_POLICY,
         pool=_pool(spec),
-        description=f"Copy {spec.source} into ClickHouse `{spec.target_table}`.",
+        description=f"Copy {spec.source} into ClickHouse `{spec.target}`.",
     )
     def sync_table(
         context: dg.AssetExecutionContext,
@@ -188,11 +190,11 @@ def _reconcile_deletes_asset(spec: TableSpec, keys: TableKeys) -> dg.AssetsDefin
     ) -> Materialization:
         with (
             _failures_explained(),
-            open_table(spec, postgres, clickhouse, context.log.info) as table,
+            open_table(spec, postgres, clickhouse, context.log.info) as (session, table),
         ):
-            table.prepare()
+            table = replace(table, target=prepare(session.clickhouse, table).target)
             started = time.monotonic()
-            result = table.reconcile_deletes()
+            result = deletes.reconcile_deletes(session, table)
         return dg.MaterializeResult(
             metadata={
                 "keys_checked": result.keys_checked,

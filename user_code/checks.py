@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from user_code.config import TableSpec
 from user_code.resources import ClickHouseResource, PostgresResource, open_table
 from user_code.state import (
     CONTENT_CHECKSUM,
@@ -24,8 +23,10 @@ from user_code.state import (
     lag,
 )
 from user_code.steps import TableSteps
-from user_code.sync.compare import Comparison
+from user_code.sync.compare import Comparison, compare_content
+from user_code.sync.settings import TableSpec
 from user_code.sync.watermark import to_text
+from user_code.sync.window import count_window
 
 
 def sync_check_specs(spec: TableSpec, keys: TableKeys) -> list[dg.AssetCheckSpec]:
@@ -74,7 +75,7 @@ def evaluate_sync_checks(
 
 def _window_parity(keys: TableKeys, steps: TableSteps) -> dg.AssetCheckResult:
     window = steps.read_window()
-    counts = steps.table.count_window(window)
+    counts = count_window(steps.session, steps.table, window)
     return dg.AssetCheckResult(
         asset_key=keys.last_step,
         check_name=WINDOW_PARITY,
@@ -124,6 +125,33 @@ def _freshness(
     )
 
 
+def _verify_check_specs(spec: TableSpec, keys: TableKeys) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec(
+            CONTENT_CHECKSUM,
+            asset=keys.last_step,
+            description=(
+                f"Every column of every live row in ClickHouse `{spec.target}` equals "
+                f"{spec.source}: counts plus a checksum per key range, in bounded memory. "
+                "Reads both tables in full, so it runs in the `verify_clickhouse` job."
+            ),
+            # After the tombstones of the same verify run, if the table has them.
+            additional_deps=[keys.reconcile_deletes] if spec.hard_deletes else [],
+        ),
+        dg.AssetCheckSpec(
+            ROW_COUNT_PARITY,
+            asset=keys.last_step,
+            description=(
+                f"Live rows in {spec.source} equal rows in ClickHouse `{spec.target}` read "
+                "with FINAL (one row per key, deletions left out), over the whole table. "
+                "A warning while writes are in flight; a lasting gap means rows were lost "
+                "or duplicated."
+            ),
+            additional_deps=[keys.reconcile_deletes] if spec.hard_deletes else [],
+        ),
+    ]
+
+
 def build_verify_checks(spec: TableSpec) -> dg.AssetChecksDefinition:
     """`content_checksum` and `row_count_parity` from one comparison of the whole table; the
     exact count of live rows is recorded as `dagster/row_count` (an observation of the last
@@ -131,31 +159,8 @@ def build_verify_checks(spec: TableSpec) -> dg.AssetChecksDefinition:
     keys = TableKeys.of(spec)
 
     @dg.multi_asset_check(
-        name=f"verify_{spec.target_table}",
-        specs=[
-            dg.AssetCheckSpec(
-                CONTENT_CHECKSUM,
-                asset=keys.last_step,
-                description=(
-                    f"Every column of every live row in ClickHouse `{spec.target}` equals "
-                    f"{spec.source}: counts plus a checksum per key range, in bounded memory. "
-                    "Reads both tables in full, so it runs in the `verify_clickhouse` job."
-                ),
-                # After the tombstones of the same verify run, if the table has them.
-                additional_deps=[keys.reconcile_deletes] if spec.hard_deletes else [],
-            ),
-            dg.AssetCheckSpec(
-                ROW_COUNT_PARITY,
-                asset=keys.last_step,
-                description=(
-                    f"Live rows in {spec.source} equal rows in ClickHouse `{spec.target}` read "
-                    "with FINAL (one row per key, deletions left out), over the whole table. "
-                    "A warning while writes are in flight; a lasting gap means rows were lost "
-                    "or duplicated."
-                ),
-                additional_deps=[keys.reconcile_deletes] if spec.hard_deletes else [],
-            ),
-        ],
+        name=f"verify_{spec.target}",
+        specs=_verify_check_specs(spec, keys),
         can_subset=True,
     )
     def verify_table(
@@ -163,8 +168,8 @@ def build_verify_checks(spec: TableSpec) -> dg.AssetChecksDefinition:
         postgres: PostgresResource,
         clickhouse: ClickHouseResource,
     ) -> Iterator[dg.AssetCheckResult]:
-        with open_table(spec, postgres, clickhouse) as table:
-            comparison = table.compare_content()
+        with open_table(spec, postgres, clickhouse) as (session, table):
+            comparison = compare_content(session, table)
         context.op_execution_context.log_event(
             dg.AssetObservation(
                 asset_key=keys.last_step, metadata={ROW_COUNT: comparison.clickhouse_rows}

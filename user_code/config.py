@@ -9,9 +9,8 @@ the TableSpec of each table.
 import fnmatch
 import os
 import re
-from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import (
@@ -21,26 +20,16 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic_core import ErrorDetails
 
 from user_code.sync.errors import SyncError
-from user_code.sync.postgres_names import quote_pg_name, split_table_name
-from user_code.sync.settings import TableSettings
-from user_code.sync.target_table import Layout
+from user_code.sync.postgres_names import split_table_name
+from user_code.sync.settings import TableOptions
 
-# Reads also start no later than the oldest transaction open at the previous read (see
-# user_code/sync/watermark.py), which covers rows stamped by the database clock however long
-# their transaction stays open. `lookback` is left to cover rows stamped by another clock (an
-# application's): its skew and the time between stamping and commit.
-DEFAULT_LOOKBACK = timedelta(minutes=1)
-MAX_SNAPSHOT_PARTITIONS = 16
 # ClickHouse table names double as Dagster asset keys, which allow only these characters.
 PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _GLOB = re.compile(r"[*?\[]")
-
-Mode = Literal["incremental", "append", "replace"]
 
 DEMO_CONFIG = {
     "tables": [
@@ -52,67 +41,6 @@ DEMO_CONFIG = {
         }
     ]
 }
-
-
-class TableOptions(BaseModel):
-    """What `defaults` and each entry of `tables` may set; unset fields inherit."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    mode: Literal["incremental", "append", "replace", "auto"] | None = Field(
-        None,
-        description="incremental (created_at + updated_at), append (created_at only), replace "
-        "(no cursor: the whole table each run), or auto (chosen from the columns a table has)",
-    )
-    created_at: str | None = Field(None, description="timestamp column that finds new rows")
-    updated_at: str | None = Field(None, description="timestamp column that finds changed rows")
-    soft_delete: str | None = Field(
-        None, description="column marking deleted rows: a boolean, or a timestamp set on delete"
-    )
-    owners: list[str] | None = Field(None, description="asset owners: emails or `team:name`")
-    hard_deletes: bool | None = Field(
-        None, description="reconcile keys deleted in Postgres into tombstones (a key-range scan)"
-    )
-    nullable_arrays: Literal["json", "array"] | None = Field(
-        None,
-        description="nullable array columns: `json` keeps NULL, [] and [null] apart as JSON "
-        "text; `array` stores a native Array, NULL read as []",
-    )
-    lookback: timedelta | None = Field(
-        None, description="overlap of each read, for rows stamped by an application's clock"
-    )
-    snapshot_partitions: int | None = Field(
-        None,
-        ge=1,
-        le=MAX_SNAPSHOT_PARTITIONS,
-        description="connections reading the initial snapshot side by side, in page ranges",
-    )
-    freshness_limit: timedelta | None = Field(
-        None, description="largest lag before the freshness check fails"
-    )
-    order_by: list[str] | None = Field(
-        None, min_length=1, description="ClickHouse sorting key; must end with the primary key"
-    )
-    partition_by: str | None = Field(None, description="ClickHouse PARTITION BY expression")
-    settings: dict[str, int | float | str | bool] | None = Field(
-        None, description="table-level MergeTree settings"
-    )
-    on_schema_change: Literal["stop", "rebuild"] | None = Field(
-        None,
-        description="a column dropped or retyped in Postgres: stop with the column named, or "
-        "rebuild the ClickHouse table beside the old one and swap it in",
-    )
-
-    @field_validator("lookback", "freshness_limit")
-    @classmethod
-    def _not_negative(cls, value: timedelta | None) -> timedelta | None:
-        if value is not None and value < timedelta(0):
-            raise ValueError("must not be negative")
-        return value
-
-    def given(self) -> dict[str, Any]:
-        """The fields this block sets."""
-        return self.model_dump(exclude_unset=True, exclude_none=True)
 
 
 class TableEntry(TableOptions):
@@ -182,93 +110,6 @@ class SyncConfig(BaseModel):
                 for entry in self.tables
             )
             or self.defaults.mode == "auto"
-        )
-
-
-class TableSpec(BaseModel):
-    """One source table, resolved: how it is read and the ClickHouse table it goes to."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    source: str  # schema.table in Postgres, as written or quoted the SQL way
-    primary_key: list[str] = Field(min_length=1)
-    target: str  # the ClickHouse table and the first part of each asset key
-    mode: Mode = "incremental"
-    created_at: str | None = None
-    updated_at: str | None = None
-    soft_delete: str | None = None
-    owners: list[str] = []
-    hard_deletes: bool = False
-    nullable_arrays: Literal["json", "array"] = "json"
-    lookback: timedelta = DEFAULT_LOOKBACK
-    snapshot_partitions: int = Field(1, ge=1, le=MAX_SNAPSHOT_PARTITIONS)
-    freshness_limit: timedelta = timedelta(minutes=30)
-    order_by: list[str] | None = None  # None: the primary key
-    partition_by: str | None = None
-    settings: dict[str, int | float | str | bool] | None = None
-    on_schema_change: Literal["stop", "rebuild"] = "stop"
-    # Cursor columns no index of the source table leads with (known where the plan read the
-    # catalog): each run's cursor query scans the table.
-    unindexed_cursors: list[str] = []
-
-    @model_validator(mode="after")
-    def _sorting_key_ends_with_the_primary_key(self) -> "TableSpec":
-        """ReplacingMergeTree keeps one row per sorting key: a key that did not end with the
-        primary key would merge rows of different keys, or keep a row twice."""
-        if self.order_by and self.order_by[-len(self.primary_key) :] != self.primary_key:
-            raise ValueError(
-                f"order_by {self.order_by} must end with the primary key {self.primary_key}, "
-                "in that order"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _cursors_of_the_mode(self) -> "TableSpec":
-        needed = {"incremental": ("created_at", "updated_at"), "append": ("created_at",)}
-        for field in needed.get(self.mode, ()):
-            if getattr(self, field) is None:
-                raise ValueError(f"mode {self.mode} needs `{field}`")
-        return self
-
-    @property
-    def schema_name(self) -> str:
-        return split_table_name(self.source)[0]
-
-    @property
-    def table_name(self) -> str:
-        return split_table_name(self.source)[1]
-
-    @property
-    def target_table(self) -> str:
-        return self.target
-
-    @property
-    def cursors(self) -> list[str]:
-        """The timestamp columns read incrementally: created_at, then updated_at if synced."""
-        return [column for column in (self.created_at, self.updated_at) if column]
-
-    def index_advice(self, column: str) -> str:
-        """What to run so a cursor query on `column` reads an index, not the whole table."""
-        return f"CREATE INDEX CONCURRENTLY ON {self.source} ({quote_pg_name(column)});"
-
-    @property
-    def table_settings(self) -> TableSettings:
-        """This table as the sync engine takes it."""
-        return TableSettings(
-            source=self.source,
-            target=self.target,
-            primary_key=tuple(self.primary_key),
-            created_at=self.created_at,
-            updated_at=self.updated_at if self.mode == "incremental" else None,
-            soft_delete=self.soft_delete,
-            null_arrays_as_empty=self.nullable_arrays == "array",
-            snapshot_partitions=self.snapshot_partitions,
-            layout=Layout(
-                order_by=tuple(self.order_by or ()),
-                partition_by=self.partition_by,
-                settings=tuple(sorted((self.settings or {}).items())),
-            ),
-            rebuild_on_schema_change=self.on_schema_change == "rebuild",
         )
 
 

@@ -20,18 +20,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from user_code.config import PLAIN_NAME, SyncConfig, TableEntry, TableSpec, load_sync_config
+from user_code.config import PLAIN_NAME, SyncConfig, TableEntry, load_sync_config
 from user_code.resources import ClickHouseResource
 from user_code.sync.ddl import create_table_sql
 from user_code.sync.discovery import CatalogTable, list_tables
 from user_code.sync.errors import SyncError
 from user_code.sync.postgres import connect
 from user_code.sync.postgres_names import split_table_name
-from user_code.sync.source_table import SourceTable
-from user_code.sync.table_sync import target_table_for
-from user_code.sync.types import RULES
+from user_code.sync.settings import MODE_CURSORS, TableSpec
+from user_code.sync.table import read_table
+from user_code.sync.validate import check_table
 
-_TIMESTAMPS = {"timestamp", "timestamptz"}
 _COLUMN_DEFAULTS = ("created_at", "updated_at", "soft_delete")
 _NO_SUCH_TABLE = (
     "no such table in Postgres (views, materialized views, foreign tables and the partitions "
@@ -118,7 +117,7 @@ def _spec(config: SyncConfig, source: str, table: CatalogTable | None) -> TableS
             explicit.update(_entry_settings(entry))
     settings.update(explicit)
     if table is not None:
-        _fill_from_catalog(settings, explicit, table)
+        _from_catalog(settings, explicit, table)
     settings.setdefault("mode", "incremental")
     if settings["mode"] != "incremental":
         settings.pop("updated_at", None)
@@ -126,10 +125,13 @@ def _spec(config: SyncConfig, source: str, table: CatalogTable | None) -> TableS
         settings.pop("created_at", None)
         settings["hard_deletes"] = False  # every run reads the whole table
     try:
-        return TableSpec(source=source, **settings)
+        resolved = TableSpec(source=source, **settings)
     except ValidationError as error:
         problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())
         raise SyncError(problems) from None
+    if table is not None:
+        check_table(resolved, table)
+    return resolved
 
 
 def _entry_settings(entry: TableEntry) -> dict[str, Any]:
@@ -139,13 +141,10 @@ def _entry_settings(entry: TableEntry) -> dict[str, Any]:
     return given
 
 
-def _fill_from_catalog(
-    settings: dict[str, Any], explicit: dict[str, Any], table: CatalogTable
-) -> None:
-    """The key and the mode from the catalog, and every column the settings name checked."""
-    if not table.selectable:
-        raise SyncError("the sync's role may not SELECT from it: GRANT SELECT on it to the role")
-    settings.setdefault("primary_key", list(table.primary_key))
+def _from_catalog(settings: dict[str, Any], explicit: dict[str, Any], table: CatalogTable) -> None:
+    """The key and the mode the catalog decides: the primary-key constraint where no key is
+    named, and the mode `auto` picks from the cursor columns the table has."""
+    settings.setdefault("primary_key", table.primary_key)
     if not settings["primary_key"]:
         raise SyncError("no primary key: add one, or name primary_key in its entry")
     mode = settings.setdefault("mode", "incremental")
@@ -155,48 +154,14 @@ def _fill_from_catalog(
         settings["mode"] = mode
     if mode == "append" and "soft_delete" not in explicit:
         settings.pop("soft_delete", None)  # append reads a row once: a later delete is unseen
-    needed = {"incremental": ("created_at", "updated_at"), "append": ("created_at",)}
-    for field in needed.get(mode, ()):
+    for field in MODE_CURSORS[mode]:
         if not settings.get(field):
             raise SyncError(
                 f"mode {mode} needs `{field}`, and no column of the table is named as it: "
                 "name the column, or choose another mode (`auto` picks from the columns)"
             )
-        _check_column(table, field, settings[field], mode)
-    cursors = dict.fromkeys(settings[field] for field in needed.get(mode, ()))
-    settings["unindexed_cursors"] = [c for c in cursors if c not in table.indexed]
-    if settings.get("soft_delete"):
-        _check_column(table, "soft_delete", settings["soft_delete"], mode)
-    for name in settings["primary_key"]:
-        if table.column(name) is None:
-            raise SyncError(
-                f"primary key column {name!r} does not exist: name the table's key columns in "
-                "primary_key"
-            )
-    for column in table.columns:
-        base = column.type.element or column.type
-        if base.name not in RULES:
-            raise SyncError(f"column {column.name!r}: Postgres type {base.name} has no lossless "
-                            "ClickHouse form; sync a view that casts it")  # fmt: skip
-
-
-def _check_column(table: CatalogTable, field: str, name: str, mode: str) -> None:
-    column = table.column(name)
-    if column is None:
-        raise SyncError(
-            f"`{field}`: no column {name!r} (mode {mode}): name one of the table's columns, or "
-            "choose another mode"
-        )
-    if field != "soft_delete" and column.type.name not in _TIMESTAMPS:
-        raise SyncError(
-            f"`{field}` column {name!r} is {column.type.name}, not a timestamp or timestamptz: "
-            "name a timestamp column, or choose another mode"
-        )
-    if field == "updated_at" and column.nullable:
-        raise SyncError(
-            f"`updated_at` column {name!r} is nullable: it is the row version; make it NOT NULL, "
-            "or choose mode append"
-        )
+    cursors = dict.fromkeys(settings[field] for field in MODE_CURSORS[mode])
+    settings["unindexed_cursors"] = tuple(c for c in cursors if c not in table.indexed)
 
 
 def _refuse_shared_targets(tables: list[TableSpec]) -> None:
@@ -252,14 +217,8 @@ def create_statements(plan: Plan, pg_url: str, clickhouse: ClickHouseResource) -
     statements = []
     with connect(pg_url) as connection:
         for spec in plan.tables:
-            settings = spec.table_settings
-            source = SourceTable.from_catalog(
-                connection, settings.source, settings.null_arrays_as_empty
-            )
-            target = target_table_for(
-                settings, source, clickhouse.database, clickhouse.cluster or None
-            )
-            statements.append(create_table_sql(target, comment=None) + ";")
+            table = read_table(connection, spec, clickhouse.database, clickhouse.cluster)
+            statements.append(create_table_sql(table.target, comment=None) + ";")
     return "\n\n".join(statements)
 
 

@@ -11,7 +11,6 @@ import dagster as dg
 from clickhouse_connect.driver.client import Client
 from pydantic import Field, PrivateAttr
 
-from user_code.config import TableSpec
 from user_code.sync.errors import (
     ConnectionFailed,
     SyncError,
@@ -20,8 +19,8 @@ from user_code.sync.errors import (
     require_scheme,
 )
 from user_code.sync.postgres import connect, end, fetch_all, open_connection
-from user_code.sync.settings import Progress, no_progress
-from user_code.sync.table_sync import TableSync
+from user_code.sync.settings import Progress, TableSpec, no_progress
+from user_code.sync.table import Session, Table, read_table
 
 
 def is_embedded(clickhouse_url: str) -> bool:
@@ -138,18 +137,11 @@ def open_table(
     postgres: PostgresResource,
     clickhouse: ClickHouseResource,
     progress: Progress = no_progress,
-) -> Iterator[TableSync]:
-    """One table's sync engine, on the connections of both resources."""
+) -> Iterator[tuple[Session, Table]]:
+    """One table, read from the catalog, and the connections of both resources to sync it."""
     with postgres.connect() as connection, clickhouse.get_client() as client:
-        yield TableSync(
-            spec.table_settings,
-            connection,
-            client,
-            clickhouse.database,
-            progress,
-            postgres.url,
-            clickhouse.cluster or None,
-        )
+        table = read_table(connection, spec, clickhouse.database, clickhouse.cluster)
+        yield Session(connection, client, progress, postgres.url), table
 
 
 def build_resources() -> dict[str, PostgresResource | ClickHouseResource]:

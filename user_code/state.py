@@ -12,8 +12,9 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
-from user_code.config import TableSpec
-from user_code.sync.table_sync import StepResult, TableSync
+from user_code.sync.load import StepResult
+from user_code.sync.settings import TableSpec
+from user_code.sync.table import Table
 from user_code.sync.target_table import DELETED_COLUMN
 from user_code.sync.watermark import from_text, latest, to_text
 
@@ -148,6 +149,24 @@ def stored_watermarks(
     return created_at.watermark, updated_at.watermark
 
 
+@dataclass(frozen=True)
+class RowCount:
+    """The live rows of a table as far as a run knows them (steps.py says how): None where
+    unknown; `empty` while the table holds no row, so a whole read into it counts exactly."""
+
+    value: int | None
+    empty: bool = False
+
+    def after(self, result: StepResult) -> "RowCount":
+        """The count once `result` was loaded."""
+        empty = self.empty and result.rows_written == 0
+        if result.read_from is None:  # a whole read: exact into an empty table only
+            return RowCount(result.rows_added if self.empty else None, empty)
+        if self.value is None or result.rows_added is None:
+            return RowCount(self.value, empty)
+        return RowCount(self.value + result.rows_added, empty)
+
+
 def stored_row_count(
     instance: dg.DagsterInstance, events: Materializations, keys: TableKeys
 ) -> int | None:
@@ -200,7 +219,7 @@ def step_metadata(
     return metadata
 
 
-def table_metadata(table: TableSync, row_count: int | None) -> dict[str, dg.MetadataValue]:
+def table_metadata(table: Table, row_count: int | None) -> dict[str, dg.MetadataValue]:
     """Dagster's standard table metadata: the ClickHouse table's name, its live rows where
     known (see steps.py), and its columns, each described by the Postgres column it comes
     from."""

@@ -12,14 +12,15 @@ found only by `updates` (committed too late for `new_records`), show at the next
 A whole read into a table that held rows leaves it unknown until then.
 """
 
+from dataclasses import replace
 from datetime import datetime
 
 import dagster as dg
 
-from user_code.config import TableSpec
 from user_code.state import (
     CREATED_AT_WATERMARK,
     UPDATED_AT_WATERMARK,
+    RowCount,
     StoredCursor,
     TableKeys,
     cursors_of,
@@ -29,11 +30,14 @@ from user_code.state import (
     stored_row_count,
     table_metadata,
 )
+from user_code.sync import table_sync
 from user_code.sync.ddl import add_cursor_index_sql, materialize_cursor_index_sql
+from user_code.sync.load import StepResult
 from user_code.sync.postgres import latest_timestamps
-from user_code.sync.prepare import Prepared
+from user_code.sync.prepare import Prepared, prepare
 from user_code.sync.rebuild import drop_leftovers, rebuild, replace_whole
-from user_code.sync.table_sync import StepResult, TableSync
+from user_code.sync.settings import Progress, TableSpec
+from user_code.sync.table import Session, Table
 from user_code.sync.watermark import Cursor
 from user_code.sync.window import Window
 
@@ -42,35 +46,30 @@ Materialization = dg.MaterializeResult[None]
 
 
 class TableSteps:
+    """One table's steps in one run: its stored cursors and row count in, materializations
+    out; what the steps read on the way, for the checks after them."""
+
     def __init__(
-        self, instance: dg.DagsterInstance, spec: TableSpec, keys: TableKeys, table: TableSync
+        self, instance: dg.DagsterInstance, keys: TableKeys, session: Session, table: Table
     ):
-        self.spec = spec
-        self.keys = keys
-        self.table = table
+        self.keys, self.session, self.table, self.spec = keys, session, table, table.spec
         self.events = latest_materializations(instance, [keys])
         self.created, self.updated = cursors_of(self.events, keys)
-        self.row_count = stored_row_count(instance, self.events, keys)
-        self.empty = False  # whether the table holds no row yet
+        self.row_count = RowCount(stored_row_count(instance, self.events, keys))
         # The versions the last step read, for the parity check; None until a step read.
         self.window: Window | None = None
         self._newest: dict[str, datetime | None] = {}
+        self._told_unseen = False
 
     def prepare(self) -> Prepared:
         """The ClickHouse table made ready for the steps (see user_code/sync/prepare.py)."""
-        prepared = self.table.prepare()
+        prepared = prepare(self.session.clickhouse, self.table)
+        self.table = replace(self.table, target=prepared.target)
         if prepared.rebuild is None and self.spec.mode != "replace":
-            drop_leftovers(self.table)
-        target = self.table.target
-        for column in prepared.unindexed:
-            self.table.progress(
-                f"{self.spec.source}: no skip index on `{column}` in your ClickHouse table "
-                f"{target.name}: each run reads that column whole; add one: "
-                f"{add_cursor_index_sql(target, column)}; "
-                f"{materialize_cursor_index_sql(target, column)}"
-            )
+            drop_leftovers(self.session, self.table)
+        _tell_unindexed(self.session.progress, self.spec, prepared)
         if prepared.created:
-            self.row_count, self.empty = 0, True
+            self.row_count = RowCount(0, empty=True)
         return prepared
 
     def was_loaded(self, prepared: Prepared) -> bool:
@@ -80,11 +79,10 @@ class TableSteps:
     def initial_load(self, rebuild_because: str | None = None) -> Materialization:
         """The snapshot into the table readers use, or, given a reason, a rebuild beside it."""
         if rebuild_because is None:
-            result = self.table.snapshot()
+            result = table_sync.snapshot(self.session, self.table, self.table.target)
         else:
-            result = rebuild(self.table, self.spec.lookback)
-            self.row_count, self.empty = 0, True  # into a new table
-        self._count(result)
+            self.row_count = RowCount(0, empty=True)  # into a new table
+            result = rebuild(self.session, self.table, self.spec.lookback)
         self.created = self.created.advanced(result.created_at, result)
         self.updated = self.updated.advanced(result.updated_at, result)
         stored = {CREATED_AT_WATERMARK: self.created.watermark}
@@ -96,8 +94,8 @@ class TableSteps:
 
     def new_records(self) -> Materialization:
         assert self.spec.created_at, "new records are found by created_at"
-        result = self.table.new_records(self._cursor(self.spec.created_at, self.created))
-        self._count(result)
+        cursor = self._cursor(self.spec.created_at, self.created)
+        result = table_sync.new_records(self.session, self.table, cursor, self.table.target)
         self.created = self.created.advanced(result.created_at, result)
         if self.spec.mode == "append":
             self.window = Window(self.spec.created_at, result.read_from, self.created.watermark)
@@ -107,8 +105,10 @@ class TableSteps:
     def updates(self) -> Materialization:
         assert self.spec.updated_at, "changed rows are found by updated_at"
         cursor = self._cursor(self.spec.updated_at, self.updated)
-        result = self.table.updates(cursor, self.created.watermark)
-        self._count(result)
+        created_up_to = self.created.watermark
+        result = table_sync.updates(
+            self.session, self.table, cursor, created_up_to, self.table.target
+        )
         self.updated = self.updated.advanced(result.updated_at, result)
         self.window = Window(self.spec.updated_at, result.read_from, self.updated.watermark)
         behind = lag(self.newest_in_source(self.spec.updated_at), self.updated.watermark)
@@ -121,18 +121,8 @@ class TableSteps:
 
     def snapshot(self) -> Materialization:
         """The whole table, into a new table swapped in."""
-        self.row_count, self.empty = 0, True
-        result = replace_whole(self.table)
-        self._count(result)
-        return self._materialization(self.keys.snapshot, result)
-
-    def _count(self, result: StepResult) -> None:
-        """The table's live rows after a step (see the module's docstring)."""
-        if result.read_from is None:  # a whole read: exact into an empty table only
-            self.row_count = result.rows_added if self.empty else None
-        elif self.row_count is not None and result.rows_added is not None:
-            self.row_count += result.rows_added
-        self.empty = self.empty and result.rows_written == 0
+        self.row_count = RowCount(0, empty=True)
+        return self._materialization(self.keys.snapshot, replace_whole(self.session, self.table))
 
     @property
     def watermark(self) -> datetime | None:
@@ -143,7 +133,7 @@ class TableSteps:
         """The newest value of `column` in the source (through its index), read once a run."""
         if column not in self._newest:
             (self._newest[column],) = latest_timestamps(
-                self.table.postgres, self.spec.source, [column]
+                self.session.postgres, self.spec.source, [column]
             )
         return self._newest[column]
 
@@ -152,7 +142,7 @@ class TableSteps:
         read would start from, up to the watermark."""
         if self.window is not None:
             return self.window
-        column = self.spec.updated_at or self.spec.created_at
+        column = self.spec.version_column
         if column is None:
             return Window(None, None, None)
         stored = self.updated if self.spec.updated_at else self.created
@@ -164,7 +154,35 @@ class TableSteps:
     def _materialization(
         self, key: dg.AssetKey, result: StepResult, **stored: datetime | float | str | None
     ) -> Materialization:
+        self._told_unseen = _tell_read(self.session.progress, self.spec, result, self._told_unseen)
+        self.row_count = self.row_count.after(result)
         metadata = step_metadata(result, self.table.target.qualified_name, **stored)
-        return dg.MaterializeResult(
-            asset_key=key, metadata={**metadata, **table_metadata(self.table, self.row_count)}
+        table = table_metadata(self.table, self.row_count.value)
+        return dg.MaterializeResult(asset_key=key, metadata={**metadata, **table})
+
+
+def _tell_read(progress: Progress, spec: TableSpec, result: StepResult, told_unseen: bool) -> bool:
+    """What a read met: an open transaction that moved its start back, or a source that does
+    not show its open transactions (told once a run: returns whether it was)."""
+    if result.held_back:
+        progress(
+            f"{spec.source}: a transaction open at the last read could still commit rows "
+            f"stamped then: the read started at {result.read_from}, {result.held_back} before "
+            "watermark - lookback"
+        )
+    if result.unseen and not told_unseen:
+        progress(f"{spec.source}: {result.unseen}")
+        return True
+    return told_unseen
+
+
+def _tell_unindexed(progress: Progress, spec: TableSpec, prepared: Prepared) -> None:
+    """A table the user created without skip indexes on the cursor columns: how to add them."""
+    target = prepared.target
+    for column in prepared.unindexed:
+        progress(
+            f"{spec.source}: no skip index on `{column}` in your ClickHouse table "
+            f"{target.name}: each run reads that column whole; add one: "
+            f"{add_cursor_index_sql(target, column)}; "
+            f"{materialize_cursor_index_sql(target, column)}"
         )

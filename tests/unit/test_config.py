@@ -18,12 +18,12 @@ TABLE = {
 }
 
 
-def test_a_table_gets_the_engine_settings_it_declares():
+def test_a_table_gets_what_its_entry_sets_and_the_defaults_of_the_rest():
     spec = plan_tables(parse_sync_config({"tables": [{**TABLE, "lookback": "PT2M"}]})).tables[0]
     assert spec.lookback == timedelta(minutes=2)
-    assert spec.target_table == "customers"
-    assert spec.table_settings.primary_key == ("id",)
-    assert spec.table_settings.null_arrays_as_empty is False
+    assert (spec.target, spec.primary_key, spec.mode) == ("customers", ("id",), "incremental")
+    assert (spec.cursors, spec.version_column) == (("created_at", "updated_at"), "updated_at")
+    assert (spec.nullable_arrays, spec.snapshot_partitions) == ("json", 1)
 
 
 @pytest.mark.parametrize(

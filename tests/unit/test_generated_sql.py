@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from user_code.sync.ddl import create_table_sql
-from user_code.sync.prepare import key_columns
+from user_code.sync.existing_table import key_columns
 from user_code.sync.source_table import SourceTable
 from user_code.sync.target_table import TargetTable
 from user_code.sync.types import PgColumn, PgType, map_column

@@ -1,8 +1,7 @@
-"""What the Postgres catalog says of a table: its columns and types, unique keys, size."""
+"""What the Postgres catalog says of tables: their columns and types, and their size."""
 
 import adbc_driver_postgresql.dbapi as adbc
 
-from user_code.sync.errors import SyncError
 from user_code.sync.postgres import fetch_all
 from user_code.sync.postgres_names import quote_pg_table
 from user_code.sync.types import PgColumn, PgType
@@ -31,25 +30,7 @@ WHERE attrelid = ANY($1::oid[]) AND attnum > 0 AND NOT attisdropped
 ORDER BY attrelid, attnum
 """
 
-_UNIQUE_KEYS_SQL = """
-SELECT array_agg(a.attname::text ORDER BY a.attname)
-FROM pg_catalog.pg_index i
-JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indpred IS NULL
-GROUP BY i.indexrelid
-"""
-
 _PAGES_SQL = "SELECT pg_relation_size(to_regclass($1)) / current_setting('block_size')::bigint"
-
-
-def read_columns(connection: adbc.Connection, source: str) -> list[PgColumn]:
-    """The source table's columns, domains resolved to their base type, from the catalog."""
-    (relation,) = fetch_all(
-        connection, "SELECT to_regclass($1)::oid::bigint", (quote_pg_table(source),)
-    )
-    if relation[0] is None:
-        raise SyncError(f"{source}: no such table in Postgres; check `source` in SYNC_CONFIG.")
-    return columns_of(connection, [relation[0]])[relation[0]]
 
 
 def columns_of(connection: adbc.Connection, relations: list[int]) -> dict[int, list[PgColumn]]:
@@ -76,12 +57,6 @@ def columns_of(connection: adbc.Connection, relations: list[int]) -> dict[int, l
             PgColumn(name, pg_type, not (not_null or domain_not_null), declared)
         )
     return columns
-
-
-def has_unique_key(connection: adbc.Connection, source: str, columns: tuple[str, ...]) -> bool:
-    """True when a unique index (a primary key among them) covers exactly `columns`."""
-    unique_keys = fetch_all(connection, _UNIQUE_KEYS_SQL, (quote_pg_table(source),))
-    return sorted(columns) in [list(key) for (key,) in unique_keys]
 
 
 def relation_pages(connection: adbc.Connection, source: str) -> int:

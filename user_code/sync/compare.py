@@ -16,8 +16,9 @@ from clickhouse_connect.driver.client import Client
 
 from user_code.sync.canonical import column_text, rendering_session
 from user_code.sync.keys import Key, PrimaryKey
-from user_code.sync.postgres import fetch_all
+from user_code.sync.postgres import count_rows, fetch_all
 from user_code.sync.postgres_names import quote_pg_name, quote_pg_table
+from user_code.sync.table import Session, Table
 from user_code.sync.target_table import LIVE_ROWS, quote_ch_name
 
 
@@ -111,17 +112,13 @@ def _on(rendering_sql: str, column_sql: str) -> str:
     return rendering_sql.format(column_sql)
 
 
-def compare_content(
-    connection: adbc.Connection,
-    client: Client,
-    primary_key: PrimaryKey,
-    postgres_live_rows: str,
-    postgres_rows: int,
-) -> Comparison:
-    """`postgres_live_rows`: the condition on Postgres rows that ClickHouse keeps live."""
-    hashes = _RangeHashes(primary_key, postgres_live_rows)
-    with rendering_session(connection):
-        return _compare_ranges(connection, client, hashes, postgres_rows)
+def compare_content(session: Session, table: Table) -> Comparison:
+    """Live rows on both sides, compared column by column (counts and checksums)."""
+    live_rows = table.source.live_row_filter(table.spec.soft_delete)
+    postgres_rows = count_rows(session.postgres, table.spec.source, live_rows)
+    hashes = _RangeHashes(PrimaryKey(table.source, table.target), live_rows)
+    with rendering_session(session.postgres):
+        return _compare_ranges(session.postgres, session.clickhouse, hashes, postgres_rows)
 
 
 def _compare_ranges(

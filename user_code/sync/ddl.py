@@ -10,7 +10,7 @@ runs, in parts of their own, and rows of the initial load.
 With CLICKHOUSE_CLUSTER set, every statement runs `ON CLUSTER` and tables are
 `ReplicatedReplacingMergeTree` with the server's default replication path; in a database
 whose engine is `Replicated` (ClickHouse Cloud shares tables on its own) plain DDL is kept
-(TableSync decides). Exchanges and drops follow the same rule.
+(prepare.py decides). Exchanges and drops follow the same rule.
 """
 
 from user_code.sync.target_table import (

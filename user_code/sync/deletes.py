@@ -2,11 +2,10 @@
 
 from dataclasses import dataclass
 
-import adbc_driver_postgresql.dbapi as adbc
 from clickhouse_connect.driver.client import Client
 
 from user_code.sync.keys import Key, PrimaryKey
-from user_code.sync.settings import Progress, no_progress
+from user_code.sync.table import Session, Table
 from user_code.sync.target_table import DELETED_COLUMN, quote_ch_name
 
 
@@ -16,22 +15,19 @@ class Reconciliation:
     tombstones_written: int
 
 
-def reconcile_deletes(
-    connection: adbc.Connection,
-    client: Client,
-    primary_key: PrimaryKey,
-    progress: Progress = no_progress,
-) -> Reconciliation:
+def reconcile_deletes(session: Session, table: Table) -> Reconciliation:
     """Walk ClickHouse's live keys in chunks; write a tombstone for each one Postgres lacks."""
+    primary_key = PrimaryKey(table.source, table.target)
+    client = session.clickhouse
     checked = deleted = 0
     for keys in primary_key.live_key_chunks(client):
-        missing = primary_key.missing_in_postgres(connection, keys)
+        missing = primary_key.missing_in_postgres(session.postgres, keys)
         if missing:
             write_tombstones(client, primary_key, missing)
         checked += len(keys)
         deleted += len(missing)
-        progress(
-            f"{primary_key.source.source}: {checked} keys checked, {deleted} deleted in Postgres"
+        session.progress(
+            f"{table.spec.source}: {checked} keys checked, {deleted} deleted in Postgres"
         )
     return Reconciliation(checked, deleted)
 

@@ -1,7 +1,7 @@
 """Connections to the source, and the plain queries every part of the sync asks."""
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Literal
@@ -103,7 +103,7 @@ def latest_timestamps(
 
 
 def latest_timestamps_of(
-    connection: adbc.Connection, tables: list[tuple[str, list[str]]]
+    connection: adbc.Connection, tables: list[tuple[str, Sequence[str]]]
 ) -> list[list[datetime | None]]:
     """`latest_timestamps` of many (table, columns) at once: one query per hundred tables."""
     found: list[list[datetime | None]] = []

@@ -17,102 +17,22 @@ from clickhouse_connect.driver.client import Client
 
 from user_code.sync import ddl
 from user_code.sync.errors import SyncError
+from user_code.sync.existing_table import ExistingTable, existing_table
+from user_code.sync.table import Table
 from user_code.sync.target_table import DELETED_COLUMN, TargetTable, cursor_index_name
 
 # Time64 columns (Postgres `time`) need this setting in DDL.
 DDL_SETTINGS = {"enable_time_time64_type": 1}
 
-_TABLE_SQL = """
-SELECT engine_full, sorting_key, partition_key, comment
-FROM system.tables WHERE database = {db:String} AND name = {t:String}
-"""
-_COLUMNS_SQL = """
-SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {t:String}
-ORDER BY position
-"""
-_SKIP_INDEXES_SQL = """
-SELECT name, expr FROM system.data_skipping_indices
-WHERE database = {db:String} AND table = {t:String}
-"""
-_ENGINE = re.compile(r"(?:Shared|Replicated)?ReplacingMergeTree(?:\((?P<args>[^)]*)\))?")
-
-
-@dataclass(frozen=True)
-class ExistingTable:
-    columns: dict[str, str]  # name -> ClickHouse type
-    engine_full: str
-    sorting_key: tuple[str, ...]
-    partition_key: str
-    comment: str
-    skip_indexes: dict[str, str]  # name -> expression
-
-    @property
-    def created_by_pg2ch(self) -> bool:
-        return self.comment == ddl.TABLE_COMMENT
-
-    @property
-    def engine(self) -> str:
-        """The engine with its arguments, e.g. `ReplacingMergeTree(updated_at, _is_deleted)`."""
-        match = re.match(r"\w+(\([^)]*\))?", self.engine_full)
-        return match.group(0) if match else self.engine_full
-
-    def engine_arguments(self) -> list[str] | None:
-        """The ReplacingMergeTree's last arguments (version, is_deleted), or None if another."""
-        match = _ENGINE.match(self.engine_full)
-        if match is None:
-            return None
-        args = [a.strip().strip("`") for a in (match["args"] or "").split(",") if a.strip()]
-        return [a for a in args if not a.startswith("'")]  # a Replicated engine's path, replica
-
 
 @dataclass(frozen=True)
 class Prepared:
+    target: TargetTable  # the table to write (ON CLUSTER left out where the database replicates)
     created: bool  # the table did not exist
     rebuild: str | None = None  # why the table must be rebuilt before the sync goes on
     adopted: bool = False  # a table the user created, used as it is
     # Cursor columns of a table the user created that nothing indexes: each run reads them whole.
     unindexed: tuple[str, ...] = ()
-
-
-def existing_table(client: Client, target: TargetTable) -> ExistingTable | None:
-    parameters = {"db": target.database, "t": target.name}
-    rows = client.query(_TABLE_SQL, parameters=parameters).result_rows
-    if not rows:
-        return None
-    engine_full, sorting_key, partition_key, comment = rows[0]
-    rows = client.query(_COLUMNS_SQL, parameters=parameters).result_rows
-    columns = {name: clickhouse_type for name, clickhouse_type in rows}
-    rows = client.query(_SKIP_INDEXES_SQL, parameters=parameters).result_rows
-    indexes = {str(name): str(expression) for name, expression in rows}
-    return ExistingTable(
-        columns, engine_full, key_columns(sorting_key), partition_key, comment, indexes
-    )
-
-
-def key_columns(key: str) -> tuple[str, ...]:
-    """`(a, b)`, `a, b` or `(a)` as ("a", "b"): the top-level parts of a key expression."""
-    key = key.strip()
-    while key.startswith("(") and _closing_paren(key) == len(key) - 1:
-        key = key[1:-1].strip()
-    parts, depth, current = [], 0, ""
-    for char in key:
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        if char == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    parts.append(current)
-    return tuple(part.strip().strip("`") for part in parts if part.strip())
-
-
-def _closing_paren(text: str) -> int:
-    depth = 0
-    for index, char in enumerate(text):
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        if depth == 0:
-            return index
-    return -1
 
 
 def replicated_database(client: Client, database: str) -> bool:
@@ -143,11 +63,27 @@ def create_table(client: Client, target: TargetTable) -> None:
         ) from None
 
 
-def prepare_table(client: Client, target: TargetTable, rebuild_on_schema_change: bool) -> Prepared:
+def prepare(client: Client, table: Table) -> Prepared:
+    """The ClickHouse table made ready for the steps. A table replaced whole takes the
+    source's columns and layout as they are at each replace."""
+    target = table.target
+    if target.cluster and replicated_database(client, target.database):
+        target = replace(target, cluster=None)
+    if table.spec.replaces:
+        created = existing_table(client, target) is None
+        if created:
+            create_table(client, target)
+        return Prepared(target, created=created)
+    return _prepare_versioned(client, target, table.spec.on_schema_change == "rebuild")
+
+
+def _prepare_versioned(
+    client: Client, target: TargetTable, rebuild_on_schema_change: bool
+) -> Prepared:
     existing = existing_table(client, target)
     if existing is None:
         create_table(client, target)
-        return Prepared(created=True)
+        return Prepared(target, created=True)
     if not existing.created_by_pg2ch:
         _refuse_unusable(existing, target)
     _add_new_columns(client, existing, target)
@@ -162,16 +98,16 @@ def prepare_table(client: Client, target: TargetTable, rebuild_on_schema_change:
                 f"rebuilds only tables it created: {'; '.join(changes)}. Change the table or "
                 "SYNC_CONFIG so they agree."
             )
-        return Prepared(created=False, adopted=True, unindexed=_unindexed(existing, target))
+        return Prepared(target, created=False, adopted=True, unindexed=_unindexed(existing, target))
     if not changes:
-        return Prepared(created=False)
+        return Prepared(target, created=False)
     column_changes = _column_changes(existing, target)
     if column_changes and not rebuild_on_schema_change:
         raise SyncError(
             f"{target.name}: {'; '.join(column_changes)}. Set `on_schema_change: rebuild` to "
             "rebuild the ClickHouse table beside this one and swap it in, or migrate it yourself."
         )
-    return Prepared(created=False, rebuild="; ".join(changes))
+    return Prepared(target, created=False, rebuild="; ".join(changes))
 
 
 def _refuse_unusable(existing: ExistingTable, target: TargetTable) -> None:

@@ -8,7 +8,6 @@ from typing import Any
 import adbc_driver_manager
 import adbc_driver_postgresql.dbapi as adbc
 
-from user_code.sync.catalog import read_columns
 from user_code.sync.errors import SyncError
 from user_code.sync.postgres import fetch_all
 from user_code.sync.postgres_names import quote_pg_name, quote_pg_table
@@ -35,10 +34,10 @@ class SourceTable:
     mappings: tuple[ColumnMapping, ...]
 
     @classmethod
-    def from_catalog(
-        cls, connection: adbc.Connection, source: str, null_arrays_as_empty: bool = False
+    def of(
+        cls, source: str, columns: tuple[PgColumn, ...], null_arrays_as_empty: bool = False
     ) -> "SourceTable":
-        columns = tuple(read_columns(connection, source))
+        """The table's columns, each with its ClickHouse mapping."""
         mappings = tuple(map_column(source, c, null_arrays_as_empty) for c in columns)
         return cls(source, columns, mappings)
 

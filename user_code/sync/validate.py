@@ -1,58 +1,90 @@
-"""A table's settings checked against its source, before anything is written."""
+"""The rules that relate a table's settings to its source, in one place: the plan applies them
+to every table it plans, and a run to the table it is about to read, before anything is
+written. Each broken rule is a SyncError saying what is wrong and what to do."""
 
-import adbc_driver_postgresql.dbapi as adbc
-
-from user_code.sync.catalog import has_unique_key
+from user_code.sync.discovery import CatalogTable
 from user_code.sync.errors import SyncError
-from user_code.sync.settings import TableSettings
-from user_code.sync.source_table import SourceTable
+from user_code.sync.settings import MODE_CURSORS, TableSpec
 from user_code.sync.target_table import DELETED_COLUMN
+from user_code.sync.types import RULES, PgColumn
 from user_code.sync.value_guards import ndims_column, subscripts_column
 
 _TIMESTAMP_TYPES = {"timestamp", "timestamptz"}
 
 
-def validate_source(
-    connection: adbc.Connection, settings: TableSettings, source: SourceTable
-) -> None:
-    """Cursor columns of a timestamp type, a NOT NULL version, a NOT NULL key with a unique
-    index, an existing soft-delete column, no column under a name pg2ch uses itself."""
-    for field in ("created_at", "updated_at"):
-        name = getattr(settings, field)
-        if name is None:
-            continue
-        column = source.column(name)
-        if column.type.name not in _TIMESTAMP_TYPES:
-            raise SyncError(
-                f"{settings.source}.{column.name}: `{field}` must be a timestamp or "
-                f"timestamptz column, not {column.type.name}."
-            )
-    if settings.updated_at and source.column(settings.updated_at).nullable:
-        raise SyncError(
-            f"{settings.source}.{settings.updated_at}: `updated_at` must be NOT NULL: it is the "
-            "version that decides which copy of a row ClickHouse keeps."
-        )
+def check_table(settings: TableSpec, table: CatalogTable) -> None:
+    """The source can be read as `settings` say: the sync's role may read it; the key's
+    columns exist, are NOT NULL and carry a unique index; each cursor column of the mode is a
+    timestamp, the version NOT NULL; the soft-delete column exists; every column has a
+    lossless ClickHouse type and a name pg2ch does not use itself."""
+    if not table.selectable:
+        raise SyncError("the sync's role may not SELECT from it: GRANT SELECT on it to the role")
     for name in settings.primary_key:
-        if source.column(name).nullable:
-            raise SyncError(f"{settings.source}.{name}: primary key columns must be NOT NULL.")
-    if not has_unique_key(connection, settings.source, settings.primary_key):
+        _key_column(table, name)
+    if frozenset(settings.primary_key) not in table.unique_keys:
         raise SyncError(
-            f"{settings.source}: no primary key or unique index on "
-            f"({', '.join(settings.primary_key)}); rows sharing a key would collapse into "
-            "one in ClickHouse. Add one, or set `primary_key` to the table's real key."
+            f"no primary key or unique index on ({', '.join(settings.primary_key)}): rows "
+            "sharing a key would collapse into one in ClickHouse; add one, or set "
+            "`primary_key` to the table's real key"
         )
+    for field in MODE_CURSORS[settings.mode]:
+        _cursor_column(table, field, getattr(settings, field), settings.mode)
     if settings.soft_delete:
-        source.column(settings.soft_delete)
-    _refuse_internal_names(settings, source)
+        _column(table, "soft_delete", settings.soft_delete)
+    internal = _internal_names(table)
+    for column in table.columns:
+        _storable(column, internal)
 
 
-def _refuse_internal_names(settings: TableSettings, source: SourceTable) -> None:
-    internal = {DELETED_COLUMN} | {ndims_column(m.name) for m in source.mappings if m.is_array}
-    internal |= {subscripts_column(c.name) for c in source.columns if c.type.element is not None}
-    for column in source.columns:
-        if column.name in internal:
-            raise SyncError(
-                f"{settings.source}.{column.name}: pg2ch uses this column name itself (it marks "
-                "deleted rows, or guards an array's dimensions or subscripts); sync a view that "
-                "renames the column."
-            )
+def _column(table: CatalogTable, field: str, name: str) -> PgColumn:
+    column = table.column(name)
+    if column is None:
+        raise SyncError(f"`{field}`: no column {name!r}: name one of the table's columns")
+    return column
+
+
+def _key_column(table: CatalogTable, name: str) -> None:
+    column = _column(table, "primary_key", name)
+    if column.nullable:
+        raise SyncError(
+            f"primary key column {name!r} is nullable: make it NOT NULL, or name the table's "
+            "real key in primary_key"
+        )
+
+
+def _cursor_column(table: CatalogTable, field: str, name: str, mode: str) -> None:
+    column = _column(table, field, name)
+    if column.type.name not in _TIMESTAMP_TYPES:
+        raise SyncError(
+            f"`{field}` column {name!r} is {column.type.name}, not a timestamp or timestamptz: "
+            "name a timestamp column, or choose another mode"
+        )
+    if field == "updated_at" and column.nullable:
+        raise SyncError(
+            f"`updated_at` column {name!r} is nullable: it is the row version; make it NOT NULL, "
+            f"or choose mode append (mode {mode} needs it)"
+        )
+
+
+def _internal_names(table: CatalogTable) -> set[str]:
+    """The column names pg2ch reads or writes itself beside the table's own."""
+    names = {DELETED_COLUMN}
+    for column in table.columns:
+        if column.type.element is not None:
+            names |= {ndims_column(column.name), subscripts_column(column.name)}
+    return names
+
+
+def _storable(column: PgColumn, internal: set[str]) -> None:
+    base = column.type.element or column.type
+    if base.name not in RULES:
+        raise SyncError(
+            f"column {column.name!r}: Postgres type {base.name} has no lossless ClickHouse "
+            "form; sync a view that casts it"
+        )
+    if column.name in internal:
+        raise SyncError(
+            f"column {column.name!r}: pg2ch uses this column name itself (it marks deleted "
+            "rows, or guards an array's dimensions or subscripts); sync a view that renames "
+            "the column"
+        )

@@ -10,12 +10,9 @@ table is counted by `verify_clickhouse`, on its own schedule.
 from dataclasses import dataclass
 from datetime import datetime
 
-import adbc_driver_postgresql.dbapi as adbc
-from clickhouse_connect.driver.client import Client
-
 from user_code.sync.load import count_live_rows
 from user_code.sync.postgres import count_rows, fetch_all
-from user_code.sync.source_table import SourceTable
+from user_code.sync.table import Session, Table
 from user_code.sync.target_table import DELETED_COLUMN, TargetTable, quote_ch_name
 from user_code.sync.types import DATETIME
 
@@ -52,15 +49,11 @@ def clickhouse_window_sql(target: TargetTable) -> str:
     )
 
 
-def count_window(
-    connection: adbc.Connection,
-    client: Client,
-    source: SourceTable,
-    target: TargetTable,
-    live_rows: str,
-    window: Window,
-) -> WindowCounts:
-    """`live_rows`: the condition on Postgres rows that ClickHouse keeps live."""
+def count_window(session: Session, table: Table, window: Window) -> WindowCounts:
+    """The live rows of `window` in Postgres and in ClickHouse."""
+    connection, client = session.postgres, session.clickhouse
+    source, target = table.source, table.target
+    live_rows = source.live_row_filter(table.spec.soft_delete)
     if window.column is None or window.start is None or window.end is None:
         return WindowCounts(
             count_rows(connection, source.source, live_rows), count_live_rows(client, target)

@@ -1,6 +1,7 @@
 """Faults injected into the sync's inserts, and readers that watch a ClickHouse table while the
 sync writes it."""
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,27 +17,35 @@ from user_code.sync import load
 from user_code.sync.errors import SyncError
 from user_code.sync.target_table import TargetTable
 
-# The sync's own insert of one batch, into the table it was meant for.
+# Hands one batch on to the INSERT it was read for.
 Insert = Callable[[pa.RecordBatch], None]
 
 
 def intercept_inserts(
     patch: pytest.MonkeyPatch, interceptor: Callable[[TargetTable, pa.RecordBatch, Insert], None]
 ) -> None:
-    """Every batch the sync inserts passes through `interceptor(target, batch, insert)`."""
-    insert_batch = load.insert_batch
+    """Every batch the sync hands to an INSERT passes through `interceptor(target, batch,
+    insert)`, which may hand it on (`insert`), alter it, or raise. An INSERT takes a read's
+    batches as one stream (load.py): ClickHouse writes a part whenever a block is full."""
+    insert_batches = load.insert_batches
 
-    def intercepted(client: Client, target: TargetTable, batch: pa.RecordBatch, *args, **kwargs):
-        interceptor(target, batch, lambda b: insert_batch(client, target, b, *args, **kwargs))
+    def intercepted(client: Client, target: TargetTable, batches: Iterator[pa.RecordBatch], *args):
+        def handed_on() -> Iterator[pa.RecordBatch]:
+            for batch in batches:
+                passed: list[pa.RecordBatch] = []
+                interceptor(target, batch, passed.append)
+                yield from passed
 
-    patch.setattr(load, "insert_batch", intercepted)
+        insert_batches(client, target, handed_on(), *args)
+
+    patch.setattr(load, "insert_batches", intercepted)
 
 
 def crash_after(
     patch: pytest.MonkeyPatch, batches: int, into: str = "", error: Exception | None = None
 ) -> None:
-    """The sync dies once `batches` batches went into tables whose name ends with `into` (any
-    table by default): right after the last of them, or at the first insert for 0."""
+    """The sync dies once `batches` batches went into INSERTs of tables whose name ends with
+    `into` (any table by default): right after the last of them, or at the first for 0."""
     error = error or SyncError("injected crash")
     inserted = 0
 
@@ -60,7 +69,7 @@ class Readings:
     """What readers saw: the first row of their query, or the name of the error it raised."""
 
     seen: list[tuple | str] = field(default_factory=list)
-    after_inserts: int = 0  # reads made right after a batch was inserted
+    after_inserts: int = 0  # reads made between two batches of an INSERT
 
     def read(self, client: Client, sql: str) -> None:
         try:
@@ -74,10 +83,13 @@ def reading_throughout(
     clickhouse: ClickHouseResource, sql: str, patch: pytest.MonkeyPatch
 ) -> Iterator[Readings]:
     """Readers on connections of their own read `sql` while the block runs: one continuously,
-    in a thread of its own, and one right after each batch the sync inserts, so that a batch
-    that reached the table readers use shows however the threads are scheduled."""
+    and one between every two batches the sync hands to an INSERT (the INSERT waits for its
+    read), so that a batch that reached the table readers use shows however the threads are
+    scheduled. Each reads in a thread of its own: the INSERT pulls its batches on ClickHouse's
+    thread, where no query may run."""
     readings = Readings()
     done = threading.Event()
+    requests: queue.Queue[threading.Event | None] = queue.Queue()
 
     def read_continuously() -> None:
         with clickhouse.get_client() as reader:
@@ -85,18 +97,27 @@ def reading_throughout(
                 readings.read(reader, sql)
                 time.sleep(0.005)
 
-    with clickhouse.get_client() as between_inserts:
+    def read_on_request() -> None:
+        with clickhouse.get_client() as reader:
+            while (request := requests.get()) is not None:
+                readings.read(reader, sql)
+                readings.after_inserts += 1
+                request.set()
 
-        def insert_then_read(target: TargetTable, batch: pa.RecordBatch, insert: Insert) -> None:
-            insert(batch)
-            readings.read(between_inserts, sql)
-            readings.after_inserts += 1
+    def read_then_insert(target: TargetTable, batch: pa.RecordBatch, insert: Insert) -> None:
+        read = threading.Event()
+        requests.put(read)
+        read.wait()
+        insert(batch)
 
-        intercept_inserts(patch, insert_then_read)
-        thread = threading.Thread(target=read_continuously)
+    intercept_inserts(patch, read_then_insert)
+    threads = [threading.Thread(target=read_continuously), threading.Thread(target=read_on_request)]
+    for thread in threads:
         thread.start()
-        try:
-            yield readings
-        finally:
-            done.set()
+    try:
+        yield readings
+    finally:
+        done.set()
+        requests.put(None)
+        for thread in threads:
             thread.join()

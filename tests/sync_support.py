@@ -107,13 +107,10 @@ def compare(config: Plan) -> Comparison:
 
 
 def engine_table(
-    postgres: adbc.Connection,
-    client: Client,
-    spec: TableSpec,
-    database: str,
-    postgres_url: str | None = None,
+    postgres: adbc.Connection, client: Client, spec: TableSpec, database: str, postgres_url: str
 ) -> tuple[Session, Table]:
-    """One table as the engine syncs it, its ClickHouse table made ready as a run makes it."""
+    """One table as the engine syncs it, its ClickHouse table made ready as a run makes it
+    (`postgres_url` opens the snapshot's other partitions)."""
     table = read_table(postgres, spec, database)
     table = replace(table, target=prepare(client, table).target)
     return Session(postgres, client, postgres_url=postgres_url), table

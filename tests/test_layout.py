@@ -272,7 +272,9 @@ def test_a_rebuild_keeps_the_table_whole_for_its_readers(
     changed, run_config, alter, layout = REBUILDS[trigger]
     instance = dg.DagsterInstance.ephemeral()
     run_sync(instance, demo_config(**LINES, on_schema_change="rebuild"))
+    # Small batches, and parts of a hundred rows: a load's rows reach its table as it runs.
     monkeypatch.setattr("user_code.sync.streaming.BATCH_SIZE_HINT_BYTES", 4 * 1024)
+    monkeypatch.setattr("user_code.sync.load.INSERT_BLOCK_ROWS", 100)
     execute(
         order_lines,
         "INSERT INTO order_lines (order_id, line, sku) SELECT o, 1, gen_random_uuid() "
@@ -298,7 +300,7 @@ def test_a_rebuild_keeps_the_table_whole_for_its_readers(
 
 
 KILLS = {
-    "before the exchange": "insert_batch",
+    "before the exchange": "insert",
     "at the exchange": "exchange",
     "after the exchange": "drop",
 }
@@ -330,7 +332,7 @@ def test_a_rebuild_killed_at_any_moment_leaves_a_whole_table_and_the_rerun_is_ex
 
 def kill_at(patch: pytest.MonkeyPatch, where: str) -> None:
     """The step dies at one point of a rebuild (an error no retry follows)."""
-    if where == "insert_batch":  # during the load into the new table
+    if where == "insert":  # during the load into the new table
         killed = SyncError("killed while loading the new table")
         crash_after(patch, 1, into=rebuild.REBUILD_SUFFIX, error=killed)
         return

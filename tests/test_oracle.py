@@ -71,10 +71,11 @@ SESSION_SETTINGS = {
 class Readings:
     """`public.readings`, loaded by the engine's snapshot and compared by the oracle."""
 
-    def __init__(self, pg, ch, clickhouse):
+    def __init__(self, pg, pg_url, ch, clickhouse):
         execute(pg, *READINGS)
-        spec = demo_config(source="public.readings").tables[0]
-        self.session, self.table = engine_table(pg, ch, spec, clickhouse.database)
+        # One connection reads: the session-settings cases change that connection's own.
+        spec = demo_config(source="public.readings", snapshot_partitions=1).tables[0]
+        self.session, self.table = engine_table(pg, ch, spec, clickhouse.database, pg_url)
 
     def load(self) -> StepResult:
         return snapshot(self.session, self.table, self.table.target)
@@ -83,15 +84,15 @@ class Readings:
         return compare_content(self.session, self.table)
 
 
-def test_a_faithful_sync_compares_equal(pg, ch, clickhouse):
-    readings = Readings(pg, ch, clickhouse)
+def test_a_faithful_sync_compares_equal(pg, pg_url, ch, clickhouse):
+    readings = Readings(pg, pg_url, ch, clickhouse)
     readings.load()
     assert readings.compare().equal
 
 
 @pytest.mark.parametrize("broken", list(BROKEN))
 def test_a_conversion_wrong_every_time_is_reported_by_column(
-    pg, ch, clickhouse, monkeypatch, broken
+    pg, pg_url, ch, clickhouse, monkeypatch, broken
 ):
     column, alter = BROKEN[broken]
 
@@ -100,7 +101,7 @@ def test_a_conversion_wrong_every_time_is_reported_by_column(
         insert(batch.set_column(index, column, alter(batch.column(column))))
 
     intercept_inserts(monkeypatch, insert_altered)
-    readings = Readings(pg, ch, clickhouse)
+    readings = Readings(pg, pg_url, ch, clickhouse)
     assert readings.load().rows_written == 20
 
     comparison = readings.compare()
@@ -110,10 +111,12 @@ def test_a_conversion_wrong_every_time_is_reported_by_column(
 
 
 @pytest.mark.parametrize("setting", list(SESSION_SETTINGS))
-def test_a_read_on_other_session_settings_is_reported_by_column(pg, ch, clickhouse, setting):
+def test_a_read_on_other_session_settings_is_reported_by_column(
+    pg, pg_url, ch, clickhouse, setting
+):
     """The comparison runs on the sync's own connection, but renders on settings it sets."""
     column, statement = SESSION_SETTINGS[setting]
-    readings = Readings(pg, ch, clickhouse)
+    readings = Readings(pg, pg_url, ch, clickhouse)
     execute(pg, statement)
     assert readings.load().rows_written == 20
 

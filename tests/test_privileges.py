@@ -3,10 +3,10 @@
 Every statement of a sync (initial load, new records, updates, an added column, soft and hard
 deletes, a table in append mode and one replaced whole on every run, a rebuild, a table synced
 before its cursor columns had skip indexes) and of `verify_clickhouse` (tombstones, content
-comparison) is recorded on its way to chDB and mapped to the privilege it needs; each must be
-granted to the `sync` user in k8s/clickhouse.yaml, on its own database only, by a GRANT that
-ClickHouse's parser reads. (chDB checks no grants itself; a ClickHouse server does, which only
-a cluster shows.)
+comparison) is recorded on its way to chDB (rows as the HTTP insert a server gets) and mapped
+to the privilege it needs; each must be granted to the `sync` user in k8s/clickhouse.yaml, on
+its own database only, by a GRANT that ClickHouse's parser reads. (chDB checks no grants
+itself; a ClickHouse server does, which only a cluster shows.)
 """
 
 import re
@@ -22,6 +22,7 @@ from demo.seed import insert_customers
 from user_code.config import parse_sync_config
 from user_code.plan import Plan, plan_tables
 from user_code.resources import ClickHouseResource
+from user_code.sync import load
 from user_code.sync.rebuild import REBUILD_SUFFIX
 
 
@@ -43,9 +44,9 @@ class RecordingClient:
         self._statements.append(sql)
         return self._client.query_arrow(sql, *args, **kwargs)
 
-    def insert_arrow(self, table: str, data: Any, database: str, **kwargs: Any) -> Any:
-        self._statements.append(f"INSERT INTO `{database}`.`{table}` FORMAT Arrow")
-        return self._client.insert_arrow(table, data, database=database, **kwargs)
+    def raw_insert(self, table: str, columns: Any, data: Any, settings: Any, fmt: str) -> Any:
+        self._statements.append(f"INSERT INTO {table} FORMAT {fmt}")
+        return self._client.raw_insert(table, columns, data, settings, fmt)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -89,6 +90,8 @@ def recorded(monkeypatch, statements: list[str]) -> Iterator[None]:
             yield RecordingClient(client, statements)
 
     monkeypatch.setattr(ClickHouseResource, "get_client", recording_client)
+    # Rows go in as they would into a server (chDB would read them in-process, unrecorded).
+    monkeypatch.setattr(load, "insert_in_process", load.insert_over_http)
     yield
 
 
@@ -138,6 +141,7 @@ def test_sync_and_verify_send_only_what_the_sync_user_may_run(
     needed = {privilege for sql in statements for privilege in privileges(sql)}
     assert needed <= allowed, f"not granted in k8s/clickhouse.yaml: {needed - allowed}"
     assert {"CREATE TABLE", "ALTER ADD COLUMN", "ALTER ADD INDEX", "INSERT"} <= needed
+    assert any(s.endswith("FORMAT ArrowStream") for s in statements)  # the rows' inserts too
     assert any(s.startswith("EXCHANGE") and REBUILD_SUFFIX in s for s in statements)
     for sql in statements:
         for name in re.findall(r"`([^`]+)`\.`", sql):

@@ -102,9 +102,9 @@ def _create_source(pg, column_type: str, literals: list[str]) -> None:
     )
 
 
-def _table(pg, ch, clickhouse, **options) -> tuple[Session, Table]:
+def _table(pg, pg_url, ch, clickhouse, **options) -> tuple[Session, Table]:
     spec = demo_config(source="public.t", primary_key=["id"], **options).tables[0]
-    return engine_table(pg, ch, spec, clickhouse.database)
+    return engine_table(pg, ch, spec, clickhouse.database, pg_url)
 
 
 def _same(expected, actual) -> bool:
@@ -140,13 +140,13 @@ def _with_null(column_type: str, literals: list[str], expected: list) -> tuple[l
     ids=[case[0] for case in CASES],
 )
 def test_type_round_trips(
-    pg, ch, clickhouse, column_type, literals, clickhouse_type, read_back, expected, path
+    pg, pg_url, ch, clickhouse, column_type, literals, clickhouse_type, read_back, expected, path
 ):
     """Literal values read back from ClickHouse, NULL included, on both read paths; and the
     content comparison, whose renderings are independent of the sync's, agrees."""
     literals, expected = _with_null(column_type, literals, expected)
     _create_source(pg, column_type, literals)
-    session, table = _table(pg, ch, clickhouse)
+    session, table = _table(pg, pg_url, ch, clickhouse)
     result = _load(session, table, path)
 
     assert result.rows_written == len(literals)
@@ -178,11 +178,20 @@ UUID = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
     ],
 )  # fmt: skip
 def test_nullable_arrays_as_native_arrays(
-    pg, ch, clickhouse, column_type, array_literal, clickhouse_type, read_back, expected, path
+    pg,
+    pg_url,
+    ch,
+    clickhouse,
+    column_type,
+    array_literal,
+    clickhouse_type,
+    read_back,
+    expected,
+    path,
 ):
     """`nullable_arrays: array`: a native Array for array functions; NULL is read as []."""
     _create_source(pg, column_type, ["NULL", "'{}'", array_literal])
-    session, table = _table(pg, ch, clickhouse, nullable_arrays="array")
+    session, table = _table(pg, pg_url, ch, clickhouse, nullable_arrays="array")
     _load(session, table, path)
 
     rows = ch.query(
@@ -194,11 +203,11 @@ def test_nullable_arrays_as_native_arrays(
 
 
 @pytest.mark.parametrize("column_type", ["money", "point", "tsvector"])
-def test_type_without_lossless_form_is_a_clear_error(pg, ch, clickhouse, column_type):
+def test_type_without_lossless_form_is_a_clear_error(pg, pg_url, ch, clickhouse, column_type):
     _create_source(pg, column_type, [])
 
     with pytest.raises(SyncError, match=rf"public\.t: column 'v': Postgres type {column_type} has"):
-        _table(pg, ch, clickhouse)
+        _table(pg, pg_url, ch, clickhouse)
 
 
 @pytest.mark.parametrize(
@@ -217,10 +226,10 @@ def test_type_without_lossless_form_is_a_clear_error(pg, ch, clickhouse, column_
     ],
 )
 def test_value_without_clickhouse_form_stops_the_sync(
-    pg, ch, clickhouse, column_type, literal, message
+    pg, pg_url, ch, clickhouse, column_type, literal, message
 ):
     _create_source(pg, column_type, [literal])
-    session, table = _table(pg, ch, clickhouse)
+    session, table = _table(pg, pg_url, ch, clickhouse)
 
     with pytest.raises(SyncError, match=message):
         snapshot(session, table, table.target)

@@ -18,7 +18,7 @@ from sync_support import assert_verified, engine_table, execute, run_sync, table
 from demo.stack import REPO_ROOT
 from user_code.config import parse_sync_config
 from user_code.plan import Plan, plan_tables
-from user_code.sync import streaming
+from user_code.sync import load, streaming
 from user_code.sync.compare import compare_content
 from user_code.sync.discovery import list_tables
 from user_code.sync.errors import SyncError
@@ -324,10 +324,12 @@ def test_append_and_replace_stay_exact(shop, sync_env, ch, clickhouse, monkeypat
 
 
 @pytest.fixture
-def codes(shop, ch, clickhouse, monkeypatch) -> tuple[Session, Table]:
-    """A lookup table of 3,000 rows in replace mode, loaded once, read in small batches; since
-    then 1,000 rows were added and 300 changed in Postgres."""
+def codes(shop, pg_url, ch, clickhouse, monkeypatch) -> tuple[Session, Table]:
+    """A lookup table of 3,000 rows in replace mode, loaded once, read in small batches and
+    written in parts of a hundred rows (a load's rows reach its table as it runs); since then
+    1,000 rows were added and 300 changed in Postgres."""
     monkeypatch.setattr(streaming, "BATCH_SIZE_HINT_BYTES", 16 * 1024)
+    monkeypatch.setattr(load, "INSERT_BLOCK_ROWS", 100)
     execute(
         shop,
         "CREATE TABLE shop.codes (code int PRIMARY KEY, label text NOT NULL)",
@@ -336,7 +338,7 @@ def codes(shop, ch, clickhouse, monkeypatch) -> tuple[Session, Table]:
     (spec,) = plan(
         shop, {"defaults": {"mode": "auto"}, "tables": [{"source": "shop.codes"}]}
     ).tables
-    session, table = engine_table(shop, ch, spec, clickhouse.database)
+    session, table = engine_table(shop, ch, spec, clickhouse.database, pg_url)
     replace_whole(session, table)
     execute(
         shop,

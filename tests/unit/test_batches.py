@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from user_code.sync.errors import SyncError
-from user_code.sync.load import deleted_flags
+from user_code.sync.load import arrow_stream, deleted_flags
 from user_code.sync.reread import HeldRows, newer_than_held, row_keys
 from user_code.sync.target_table import TargetTable
 from user_code.sync.types import ColumnMapping
@@ -94,3 +94,9 @@ def test_array_subscripts_are_checked_then_dropped():
     from_zero = pa.record_batch({"a": ["[1,2]", None], "a#subscripts": [True, None]})
     with pytest.raises(SyncError, match=r"s\.t\.a: holds an array whose subscripts do not"):
         checked_batch(from_zero, "s.t", mappings)
+
+
+def test_the_http_insert_body_is_an_arrow_stream_of_every_batch():
+    batches = [pa.record_batch({"id": pa.array([i, i + 1])}) for i in (1, 3)]
+    body = b"".join(arrow_stream(batches[0].schema, iter(batches)))
+    assert pa.ipc.open_stream(body).read_all().column("id").to_pylist() == [1, 2, 3, 4]

@@ -23,7 +23,7 @@ def test_a_table_gets_what_its_entry_sets_and_the_defaults_of_the_rest():
     assert spec.lookback == timedelta(minutes=2)
     assert (spec.target, spec.primary_key, spec.mode) == ("customers", ("id",), "incremental")
     assert (spec.cursors, spec.version_column) == (("created_at", "updated_at"), "updated_at")
-    assert (spec.nullable_arrays, spec.snapshot_partitions) == ("json", 1)
+    assert (spec.nullable_arrays, spec.snapshot_partitions) == ("json", 2)
 
 
 @pytest.mark.parametrize(
@@ -35,6 +35,7 @@ def test_a_table_gets_what_its_entry_sets_and_the_defaults_of_the_rest():
         ),
         ({"lookback": "-PT1M"}, "tables[0] (public.customers): lookback: Value error, must not"),
         ({"snapshot_partitions": 17}, "snapshot_partitions: Input should be less than or equal"),
+        ({"insert_block_mb": 0}, "insert_block_mb: Input should be greater than or equal to 1"),
         ({"target": "9lives"}, "target: Value error, must be letters, digits and underscores"),
         ({"colour": "blue"}, "colour: Extra inputs are not permitted"),
     ],

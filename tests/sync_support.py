@@ -1,16 +1,22 @@
-"""Helpers shared by the sync tests: the demo config and one run of the job."""
+"""Helpers shared by the sync tests: the demo config, one run of the job, broken loads."""
 
 import os
+from collections.abc import Callable, Iterator
+from itertools import islice
 
 import dagster as dg
+import pyarrow as pa
+import pytest
 
 from user_code.config import parse_sync_config
 from user_code.definitions import build_definitions
 from user_code.plan import Plan, plan_tables
 from user_code.resources import ClickHouseResource
+from user_code.sync import table_sync
 from user_code.sync.compare import Comparison
 from user_code.sync.postgres import connect
 from user_code.sync.table_sync import TableSync
+from user_code.sync.target_table import TargetTable
 
 # A second shape of table: a two-column key, and timestamps without a time zone.
 ORDER_LINES = """
@@ -66,3 +72,24 @@ def step_metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
         event.asset_key.path[-1]: {k: v.value for k, v in event.materialization.metadata.items()}
         for event in result.get_asset_materialization_events()
     }
+
+
+Batches = Iterator[pa.RecordBatch]
+
+
+def route_inserts(
+    patch: pytest.MonkeyPatch, route: Callable[[TargetTable, Batches], Batches]
+) -> None:
+    """Every INSERT of the sync gets its batches through `route(target, batches)`."""
+    insert_batches = table_sync.insert_batches
+
+    def routed(client, target, batches, *args):
+        insert_batches(client, target, route(target, batches), *args)
+
+    patch.setattr(table_sync, "insert_batches", routed)
+
+
+def cut_short(batches: Batches, after: int, error: Exception) -> Batches:
+    """The first `after` batches, then `error`: a load that breaks off in the middle."""
+    yield from islice(batches, after)
+    raise error

@@ -299,7 +299,7 @@ def test_a_rebuild_keeps_the_table_whole_for_its_readers(
 
 
 KILLS = {
-    "before the exchange": "insert_batch",
+    "before the exchange": "insert",
     "at the exchange": "exchange",
     "after the exchange": "drop",
 }
@@ -333,15 +333,15 @@ def test_a_rebuild_killed_at_any_moment_leaves_a_whole_table_and_the_rerun_is_ex
 
 def kill_at(patch: pytest.MonkeyPatch, where: str) -> None:
     """The step dies at one point of a rebuild (an error no retry follows)."""
-    if where == "insert_batch":  # during the load into the new table
-        insert_batch = table_sync.insert_batch
+    if where == "insert":  # during the load into the new table
+        insert_batches = table_sync.insert_batches
 
-        def insert_then_die(client, target, batch, soft_delete_column):
-            insert_batch(client, target, batch, soft_delete_column)
+        def insert_then_die(client, target, *args):
+            insert_batches(client, target, *args)
             if target.name.endswith(rebuild.REBUILD_SUFFIX):
                 raise SyncError("killed while loading the new table")
 
-        patch.setattr(table_sync, "insert_batch", insert_then_die)
+        patch.setattr(table_sync, "insert_batches", insert_then_die)
         return
 
     def die_at_swap(client, target, loaded):

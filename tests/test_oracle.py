@@ -11,9 +11,8 @@ from datetime import timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from sync_support import demo_config
+from sync_support import demo_config, route_inserts
 
-from user_code.sync import table_sync
 from user_code.sync.table_sync import TableSync
 
 READINGS = [
@@ -75,14 +74,13 @@ def test_a_conversion_wrong_every_time_is_reported_by_column(
     pg, ch, clickhouse, monkeypatch, broken
 ):
     column, alter = BROKEN[broken]
-    insert_batch = table_sync.insert_batch
 
-    def insert_altered(client, target, batch, soft_delete_column):
-        index = batch.schema.get_field_index(column)
-        altered = batch.set_column(index, column, alter(batch.column(column)))
-        insert_batch(client, target, altered, soft_delete_column)
+    def altered(_, batches):
+        for batch in batches:
+            index = batch.schema.get_field_index(column)
+            yield batch.set_column(index, column, alter(batch.column(column)))
 
-    monkeypatch.setattr(table_sync, "insert_batch", insert_altered)
+    route_inserts(monkeypatch, altered)
     table = _readings(pg, ch, clickhouse)
     table.prepare()
     assert table.snapshot().rows_written == 20

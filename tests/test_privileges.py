@@ -2,10 +2,10 @@
 
 Every statement of a sync (initial load, new records, updates, an added column, soft and hard
 deletes, a table in append mode and one replaced whole on every run, a rebuild) and of
-`verify_clickhouse` (tombstones, content comparison) is recorded on its way to
-chDB and mapped to the privilege it needs; each must be granted to the `sync` user in
-k8s/clickhouse.yaml, on its own database only. (chDB checks no grants itself; a ClickHouse
-server does, which only a cluster shows.)
+`verify_clickhouse` (tombstones, content comparison) is recorded on its way to chDB (rows
+as the HTTP insert a server gets) and mapped to the privilege it needs; each must be granted
+to the `sync` user in k8s/clickhouse.yaml, on its own database only. (chDB checks no grants
+itself; a ClickHouse server does, which only a cluster shows.)
 """
 
 import re
@@ -21,6 +21,7 @@ from demo.seed import insert_customers
 from user_code.config import parse_sync_config
 from user_code.plan import Plan, plan_tables
 from user_code.resources import ClickHouseResource
+from user_code.sync import load
 from user_code.sync.rebuild import REBUILD_SUFFIX
 
 
@@ -42,9 +43,9 @@ class RecordingClient:
         self._statements.append(sql)
         return self._client.query_arrow(sql, *args, **kwargs)
 
-    def insert_arrow(self, table: str, data: Any, database: str, **kwargs: Any) -> Any:
-        self._statements.append(f"INSERT INTO `{database}`.`{table}` FORMAT Arrow")
-        return self._client.insert_arrow(table, data, database=database, **kwargs)
+    def raw_insert(self, table: str, columns: Any, data: Any, settings: Any, fmt: str) -> Any:
+        self._statements.append(f"INSERT INTO {table} FORMAT {fmt}")
+        return self._client.raw_insert(table, columns, data, settings, fmt)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -81,6 +82,8 @@ def recorded(monkeypatch, statements: list[str]) -> Iterator[None]:
             yield RecordingClient(client, statements)
 
     monkeypatch.setattr(ClickHouseResource, "get_client", recording_client)
+    # Rows go in as they would into a server (chDB would read them in-process, unrecorded).
+    monkeypatch.setattr(load, "insert_in_process", load.insert_over_http)
     yield
 
 

@@ -11,12 +11,12 @@ import time
 import dagster as dg
 import pytest
 import yaml
-from sync_support import run_sync
+from sync_support import cut_short, route_inserts, run_sync
 
 from demo.stack import REPO_ROOT
 from user_code.config import parse_sync_config
 from user_code.plan import Plan, plan_tables
-from user_code.sync import streaming, table_sync
+from user_code.sync import streaming
 from user_code.sync.discovery import list_tables
 from user_code.sync.errors import SyncError
 from user_code.sync.postgres import connect
@@ -311,14 +311,8 @@ def test_readers_see_the_old_table_or_the_new_one_while_a_replace_runs(codes, cl
 
 
 def test_a_replace_cut_short_leaves_the_old_table_serving(codes, monkeypatch):
-    insert_batch = table_sync.insert_batch
-
-    def insert_then_crash(client, target, batch, soft_delete_column):
-        insert_batch(client, target, batch, soft_delete_column)
-        raise ConnectionError("killed after one batch")
-
     with monkeypatch.context() as patch:
-        patch.setattr(table_sync, "insert_batch", insert_then_crash)
+        route_inserts(patch, lambda _, rows: cut_short(rows, 1, ConnectionError("killed")))
         with pytest.raises(ConnectionError):
             replace_whole(codes)
     assert live_rows(codes.clickhouse, codes) == 3000  # the old table, whole

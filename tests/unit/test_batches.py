@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from user_code.sync.errors import SyncError
-from user_code.sync.load import deleted_flags
+from user_code.sync.load import arrow_stream, deleted_flags
 from user_code.sync.reread import row_keys, without_loaded_rows
 from user_code.sync.target_table import TargetTable
 from user_code.sync.types import ColumnMapping
@@ -73,3 +73,9 @@ def test_array_dimensions_are_checked_then_dropped():
     nested = pa.record_batch({"a": pa.array([[1, 2]]), "a#ndims": pa.array([2], pa.int32())})
     with pytest.raises(SyncError, match="s.t.a: " + MULTIDIMENSIONAL[:30]):
         checked_batch(nested, "s.t", mappings)
+
+
+def test_the_http_insert_body_is_an_arrow_stream_of_every_batch():
+    batches = [pa.record_batch({"id": pa.array([i, i + 1])}) for i in (1, 3)]
+    body = b"".join(arrow_stream(batches[0].schema, iter(batches)))
+    assert pa.ipc.open_stream(body).read_all().column("id").to_pylist() == [1, 2, 3, 4]

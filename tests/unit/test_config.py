@@ -35,6 +35,7 @@ def test_a_table_gets_the_engine_settings_it_declares():
         ),
         ({"lookback": "-PT1M"}, "tables[0] (public.customers): lookback: Value error, must not"),
         ({"snapshot_partitions": 17}, "snapshot_partitions: Input should be less than or equal"),
+        ({"insert_block_mb": 0}, "insert_block_mb: Input should be greater than or equal to 1"),
         ({"target": "9lives"}, "target: Value error, must be letters, digits and underscores"),
         ({"colour": "blue"}, "colour: Extra inputs are not permitted"),
     ],

@@ -27,6 +27,7 @@ class TableSettings:
     soft_delete: str | None = None
     null_arrays_as_empty: bool = False  # nullable arrays as native Arrays, not JSON text
     snapshot_partitions: int = 1  # connections reading the initial snapshot side by side
+    insert_block_mb: int = 256  # the most rows ClickHouse gathers into one part of a load, MB
     layout: Layout = field(default_factory=Layout)  # the ClickHouse table's sorting, partitions
     rebuild_on_schema_change: bool = False  # a dropped or retyped column: rebuild, not stop
 

@@ -16,7 +16,7 @@ from user_code.sync.compare import Comparison, compare_content
 from user_code.sync.deletes import Reconciliation, reconcile_deletes
 from user_code.sync.errors import SyncError
 from user_code.sync.keys import PrimaryKey
-from user_code.sync.load import insert_batch
+from user_code.sync.load import insert_batches
 from user_code.sync.open_transactions import OpenTransactions, open_transactions
 from user_code.sync.postgres import connect, count_rows
 from user_code.sync.prepare import (
@@ -198,8 +198,9 @@ class TableSync:
         transactions: OpenTransactions,
         target: TargetTable | None = None,
     ) -> StepResult:
-        """Insert `batches` into `target` (default: the table's), leaving out rows ClickHouse
-        already holds at the same version."""
+        """Insert `batches` into `target` (default: the table's) as one INSERT, leaving out rows
+        ClickHouse already holds at the same version. ClickHouse pulls the batches, so the
+        counting below runs on its thread, as each batch is handed over."""
         target = target or self.target
         started = time.monotonic()
         loaded = pa.array([], pa.string())
@@ -208,15 +209,16 @@ class TableSync:
         rows_read = rows_written = 0
         reported = 0.0
         created_at = updated_at = None
-        with closing(batches):
+
+        def fresh_batches() -> Batches:
+            nonlocal rows_read, rows_written, reported, created_at, updated_at
             for batch in batches:
                 rows_read += batch.num_rows
                 created_at = latest(created_at, _max_time(batch, self.settings.created_at))
                 updated_at = latest(updated_at, _max_time(batch, self.settings.updated_at))
                 fresh = without_loaded_rows(batch, loaded, target)
-                if fresh.num_rows:
-                    insert_batch(self.clickhouse, target, fresh, self.settings.soft_delete)
-                    rows_written += fresh.num_rows
+                rows_written += fresh.num_rows
+                yield fresh
                 elapsed = time.monotonic() - started
                 if elapsed >= reported + PROGRESS_EVERY_S:
                     reported = elapsed
@@ -224,6 +226,15 @@ class TableSync:
                         f"{self.settings.source}: {rows_read:,} rows read, {rows_written:,} "
                         f"written ({rows_read / elapsed:,.0f} rows/s)"
                     )
+
+        with closing(batches):
+            insert_batches(
+                self.clickhouse,
+                target,
+                fresh_batches(),
+                self.settings.soft_delete,
+                self.settings.insert_block_mb,
+            )
         held_back = cursor.held_back if cursor else timedelta(0)
         seconds = time.monotonic() - started
         return StepResult(

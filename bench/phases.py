@@ -280,6 +280,7 @@ def run(pg_url: str, chdb_dir: str, rows: int, sweep: bool) -> dict:
         "initial_rows_merged": initial_parts.rows_merged,
         "native_parts_written": native_parts.written,
         "native_rows_merged": native_parts.rows_merged,
+        "parts_vs_native": round(initial_parts.written / native_parts.written, 3),
         "incremental_seconds": round(changes.seconds, 3),
         "incremental_rows_read": changes.rows_read,
         "incremental_rows_written": changes.rows_written,

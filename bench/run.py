@@ -120,7 +120,7 @@ def measure(server, workdir: Path, rows: int, with_job: bool) -> dict:
 _TABLE = [
     ("initial load, pg2ch (rows/s)", "initial_rows_per_s", "{:,}"),
     ("initial load, ClickHouse postgresql() (rows/s)", "native_rows_per_s", "{:,}"),
-    ("ratio vs native (target >= 1.05)", "ratio_vs_native", "{:.2f}"),
+    ("ratio vs native (target >= 1.1)", "ratio_vs_native", "{:.2f}"),
     ("CPU-s per M rows in-process, pg2ch", "initial_cpu_s_per_m_rows", "{:.2f}"),
     ("CPU-s per M rows in-process, native", "native_cpu_s_per_m_rows", "{:.2f}"),
     ("CPU pg2ch / native (target <= 0.8)", "cpu_vs_native", "{:.2f}"),
@@ -130,7 +130,7 @@ _TABLE = [
         "{:,}",
     ),
     (
-        "pg2ch / binary COPY, native / text COPY",
+        "pg2ch / binary COPY (4N >= 0.8), native / text",
         ("initial_fraction_of_copy", "native_fraction_of_copy"),
         "{:.2f}",
     ),
@@ -139,13 +139,14 @@ _TABLE = [
         ("initial_parts_written", "native_parts_written"),
         "{:,}",
     ),
+    ("parts pg2ch / native (target <= 1.25)", "parts_vs_native", "{:.2f}"),
     ("rows its merges read, pg2ch / native", ("initial_rows_merged", "native_rows_merged"), "{:,}"),
+    ("peak RSS of the initial load (MB)", "peak_rss_mb", "{:,}"),
+    ("RSS before loading (MB)", "baseline_rss_mb", "{:,}"),
     ("incremental, 1% updated + 1% new (s, < 3)", "incremental_seconds", "{:.2f}"),
     ("  rows read / written", ("incremental_rows_read", "incremental_rows_written"), "{:,}"),
     ("no-change rerun (s, < 0.5)", "noop_seconds", "{:.2f}"),
     ("  rows read / written", ("noop_rows_read", "noop_rows_written"), "{:,}"),
-    ("peak RSS of the initial load (MB)", "peak_rss_mb", "{:,}"),
-    ("RSS before loading (MB)", "baseline_rss_mb", "{:,}"),
 ]
 
 
@@ -209,7 +210,7 @@ def report(summary: dict) -> None:
     )
     print(markdown_table(summary, summary["x4"]))
     print(f"\n{sweep_table(summary['x4'])}")
-    print(f"\npeak RSS growth for 4x rows: {summary['peak_rss_growth_x4']:+.1%} (target < +20%)")
+    print(f"\npeak RSS growth for 4x rows: {summary['peak_rss_growth_x4']:+.1%} (target <= +30%)")
     print(
         f"dagster job execute, incremental run: {summary['dagster_job_wall_seconds']:.2f} s wall, "
         f"of which the sync steps {summary['dagster_job_sync_seconds']:.2f} s "

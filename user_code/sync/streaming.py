@@ -11,9 +11,8 @@ import pyarrow as pa
 from user_code.sync.postgres import begin, end
 
 # Arrow batches of about this size stream from Postgres' COPY output: memory stays bounded
-# whatever the table size (two batches are in flight, see `read_ahead`). Each batch becomes
-# one ClickHouse part: at half this size a load took a fifth more CPU, mostly merging twice
-# as many small parts in the background, CPU that a 2-core machine takes from the load.
+# whatever the table size (two batches are in flight, see `read_ahead`). ClickHouse gathers
+# them into parts of its own size (load.py), so the size of a part does not follow it.
 BATCH_SIZE_HINT_BYTES = 64 * 1024 * 1024
 _BATCH_SIZE_OPTION = adbc_driver_postgresql.StatementOptions.BATCH_SIZE_HINT_BYTES.value
 # Rows per FETCH when a query with parameters pages through a server-side cursor.

@@ -14,9 +14,10 @@ from user_code.sync.target_table import DELETED_COLUMN, LIVE_ROWS, TargetTable, 
 
 # ClickHouse would otherwise run ReplacingMergeTree's merge over each inserted block, to drop
 # keys repeated within it: an extra pass and copy that cost about as much as the rest of the
-# insert. A block comes from one Postgres query, which returns each key once, so there is
+# insert. A read returns each key once (a snapshot's partitions are disjoint), so there is
 # nothing to drop; versions of a key across blocks are resolved by merges and FINAL as before.
-# The rows arrive as one stream: more threads would only squash more blocks at once.
+# The rows arrive as one stream: more threads only squashed more blocks at once (peak memory
+# of an 8M-row load 2.0-2.2 GB with chDB's default, 1.5 GB with one).
 _INSERT_SETTINGS = {"optimize_on_insert": 0, "max_threads": 1}
 # ClickHouse's own `min_insert_block_size_rows`: a load's parts hold about this many rows, or
 # fewer where the table's `insert_block_mb` fills first.

@@ -53,17 +53,17 @@ BROKEN: dict[str, tuple[str, Callable[[pa.Array], pa.Array]]] = {
 }
 
 
-def _readings(pg, ch, clickhouse) -> TableSync:
+def _readings(pg, pg_url, ch, clickhouse) -> TableSync:
     with pg.cursor() as cursor:
         for statement in READINGS:
             cursor.execute(statement)
     pg.commit()
     settings = demo_config(source="public.readings").tables[0].table_settings
-    return TableSync(settings, pg, ch, clickhouse.database)
+    return TableSync(settings, pg, ch, clickhouse.database, postgres_url=pg_url)
 
 
-def test_a_faithful_sync_compares_equal(pg, ch, clickhouse):
-    table = _readings(pg, ch, clickhouse)
+def test_a_faithful_sync_compares_equal(pg, pg_url, ch, clickhouse):
+    table = _readings(pg, pg_url, ch, clickhouse)
     table.prepare()
     table.snapshot()
     assert table.compare_content().equal
@@ -71,7 +71,7 @@ def test_a_faithful_sync_compares_equal(pg, ch, clickhouse):
 
 @pytest.mark.parametrize("broken", list(BROKEN))
 def test_a_conversion_wrong_every_time_is_reported_by_column(
-    pg, ch, clickhouse, monkeypatch, broken
+    pg, pg_url, ch, clickhouse, monkeypatch, broken
 ):
     column, alter = BROKEN[broken]
 
@@ -81,7 +81,7 @@ def test_a_conversion_wrong_every_time_is_reported_by_column(
             yield batch.set_column(index, column, alter(batch.column(column)))
 
     route_inserts(monkeypatch, altered)
-    table = _readings(pg, ch, clickhouse)
+    table = _readings(pg, pg_url, ch, clickhouse)
     table.prepare()
     assert table.snapshot().rows_written == 20
 

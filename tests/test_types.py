@@ -93,11 +93,11 @@ def _create_source(pg, column_type: str, literals: list[str]) -> None:
     pg.commit()
 
 
-def _table_sync(pg, ch, clickhouse, **options) -> TableSync:
+def _table_sync(pg, pg_url, ch, clickhouse, **options) -> TableSync:
     settings = (
         demo_config(source="public.t", primary_key=["id"], **options).tables[0].table_settings
     )
-    return TableSync(settings, pg, ch, clickhouse.database)
+    return TableSync(settings, pg, ch, clickhouse.database, postgres_url=pg_url)
 
 
 def _same(expected, actual) -> bool:
@@ -133,13 +133,13 @@ def _with_null(column_type: str, literals: list[str], expected: list) -> tuple[l
     ids=[case[0] for case in CASES],
 )
 def test_type_round_trips(
-    pg, ch, clickhouse, column_type, literals, clickhouse_type, read_back, expected, path
+    pg, pg_url, ch, clickhouse, column_type, literals, clickhouse_type, read_back, expected, path
 ):
     """Literal values read back from ClickHouse, NULL included, on both read paths; and the
     content comparison, whose renderings are independent of the sync's, agrees."""
     literals, expected = _with_null(column_type, literals, expected)
     _create_source(pg, column_type, literals)
-    table = _table_sync(pg, ch, clickhouse)
+    table = _table_sync(pg, pg_url, ch, clickhouse)
     result = _load(table, path)
 
     assert result.rows_written == len(literals)
@@ -171,11 +171,20 @@ UUID = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
     ],
 )  # fmt: skip
 def test_nullable_arrays_as_native_arrays(
-    pg, ch, clickhouse, column_type, array_literal, clickhouse_type, read_back, expected, path
+    pg,
+    pg_url,
+    ch,
+    clickhouse,
+    column_type,
+    array_literal,
+    clickhouse_type,
+    read_back,
+    expected,
+    path,
 ):
     """`nullable_arrays: array`: a native Array for array functions; NULL is read as []."""
     _create_source(pg, column_type, ["NULL", "'{}'", array_literal])
-    table = _table_sync(pg, ch, clickhouse, nullable_arrays="array")
+    table = _table_sync(pg, pg_url, ch, clickhouse, nullable_arrays="array")
     _load(table, path)
 
     rows = ch.query(
@@ -187,11 +196,11 @@ def test_nullable_arrays_as_native_arrays(
 
 
 @pytest.mark.parametrize("column_type", ["money", "point", "tsvector"])
-def test_type_without_lossless_form_is_a_clear_error(pg, ch, clickhouse, column_type):
+def test_type_without_lossless_form_is_a_clear_error(pg, pg_url, ch, clickhouse, column_type):
     _create_source(pg, column_type, [])
 
     with pytest.raises(SyncError, match=rf"public\.t\.v: Postgres type '{column_type}' has no"):
-        _table_sync(pg, ch, clickhouse)
+        _table_sync(pg, pg_url, ch, clickhouse)
 
 
 @pytest.mark.parametrize(
@@ -207,10 +216,10 @@ def test_type_without_lossless_form_is_a_clear_error(pg, ch, clickhouse, column_
     ],
 )
 def test_value_without_clickhouse_form_stops_the_sync(
-    pg, ch, clickhouse, column_type, literal, message
+    pg, pg_url, ch, clickhouse, column_type, literal, message
 ):
     _create_source(pg, column_type, [literal])
-    table = _table_sync(pg, ch, clickhouse)
+    table = _table_sync(pg, pg_url, ch, clickhouse)
     table.prepare()
 
     with pytest.raises(SyncError, match=message):

@@ -251,7 +251,7 @@ def test_append_and_replace_stay_exact(shop, sync_env, ch, clickhouse, monkeypat
 
 
 @pytest.fixture
-def codes(shop, ch, clickhouse, monkeypatch) -> TableSync:
+def codes(shop, pg_url, ch, clickhouse, monkeypatch) -> TableSync:
     """A lookup table of 3,000 rows in replace mode, loaded once, read in small batches."""
     monkeypatch.setattr(streaming, "BATCH_SIZE_HINT_BYTES", 16 * 1024)
     execute(
@@ -262,7 +262,7 @@ def codes(shop, ch, clickhouse, monkeypatch) -> TableSync:
     (spec,) = plan(
         shop, {"defaults": {"mode": "auto"}, "tables": [{"source": "shop.codes"}]}
     ).tables
-    table = TableSync(spec.table_settings, shop, ch, clickhouse.database)
+    table = TableSync(spec.table_settings, shop, ch, clickhouse.database, postgres_url=pg_url)
     table.prepare()
     replace_whole(table)
     execute(

@@ -37,7 +37,7 @@ from user_code.sync.target_table import Layout
 DEFAULT_LOOKBACK = timedelta(minutes=1)
 MAX_SNAPSHOT_PARTITIONS = 16
 # With the inserts keeping up, one COPY stream is what limits an initial load: a second
-# Postgres backend made it 1.15-1.3x faster on two cores (README, "Partitions").
+# Postgres backend made it 1.14-1.27x faster on two cores (README, "Partitions").
 DEFAULT_SNAPSHOT_PARTITIONS = 2
 # ClickHouse's own `min_insert_block_size_bytes`: with it, its 1,048,449 rows fill first for
 # rows under 256 bytes, and a load writes parts the size of ClickHouse's own INSERT … SELECT.

@@ -130,7 +130,7 @@ _TABLE = [
         "{:,}",
     ),
     (
-        "pg2ch / binary COPY, 1 stream (4N >= 0.8), native / text",
+        "pg2ch / 1 binary COPY (4N >= 0.8), native / text",
         ("initial_fraction_of_copy", "native_fraction_of_copy"),
         "{:.2f}",
     ),

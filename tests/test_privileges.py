@@ -133,6 +133,7 @@ def test_sync_and_verify_send_only_what_the_sync_user_may_run(
     needed = {privilege for sql in statements for privilege in privileges(sql)}
     assert needed <= allowed, f"not granted in k8s/clickhouse.yaml: {needed - allowed}"
     assert {"CREATE TABLE", "ALTER", "INSERT", "SELECT"} <= needed  # the recording works
+    assert any(s.endswith("FORMAT ArrowStream") for s in statements)  # the rows' inserts too
     assert any(s.startswith("EXCHANGE") and REBUILD_SUFFIX in s for s in statements)
     for sql in statements:
         for name in re.findall(r"`([^`]+)`\.`", sql):

@@ -223,6 +223,8 @@ def test_type_without_lossless_form_is_a_clear_error(pg, pg_url, ch, clickhouse,
         ("integer[] NOT NULL", "'[0:2]={1,2,3}'", r"public\.t\.v: holds an array whose subs"),
         ("text[]", "'[2:3]={a,b}'", r"public\.t\.v: holds an array whose subscripts do not"),
         ("integer[]", "'[1:2][0:1]={{1,2},{3,4}}'", r"public\.t\.v: holds an array whose"),
+        ("integer[]", "'[0:1][1:2]={{1,2},{3,4}}'", r"public\.t\.v: holds an array whose"),
+        ("text[]", "'[10:11]={a,b}'", r"public\.t\.v: holds an array whose subscripts do"),
     ],
 )
 def test_value_without_clickhouse_form_stops_the_sync(

@@ -225,6 +225,7 @@ def test_type_without_lossless_form_is_a_clear_error(pg, pg_url, ch, clickhouse,
         ("integer[]", "'[1:2][0:1]={{1,2},{3,4}}'", r"public\.t\.v: holds an array whose"),
         ("integer[]", "'[0:1][1:2]={{1,2},{3,4}}'", r"public\.t\.v: holds an array whose"),
         ("text[]", "'[10:11]={a,b}'", r"public\.t\.v: holds an array whose subscripts do"),
+        ("text[] NOT NULL", "'[10:11]={a,b}'", r"public\.t: an array column holds an array whose"),
     ],
 )
 def test_value_without_clickhouse_form_stops_the_sync(

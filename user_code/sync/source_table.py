@@ -7,6 +7,7 @@ from typing import Any
 
 import adbc_driver_manager
 import adbc_driver_postgresql.dbapi as adbc
+import pyarrow as pa
 
 from user_code.sync.errors import SyncError
 from user_code.sync.postgres import fetch_all
@@ -14,6 +15,7 @@ from user_code.sync.postgres_names import quote_pg_name, quote_pg_table
 from user_code.sync.streaming import Batches, copy_batches, cursor_pages
 from user_code.sync.types import ColumnMapping, PgColumn, map_column
 from user_code.sync.value_guards import (
+    OTHER_SUBSCRIPTS,
     checked_batch,
     ndims_column,
     other_subscripts_sql,
@@ -132,3 +134,7 @@ class SourceTable:
                         yield checked_batch(batch, self.source, self.mappings)
         except (adbc_driver_manager.DataError, adbc_driver_manager.InternalError) as error:
             raise SyncError(f"{self.source}: Postgres could not return a row: {error}") from None
+        except pa.ArrowInvalid as error:  # the reader refuses subscripts starting past 1
+            if "lower bound" not in str(error):
+                raise
+            raise SyncError(f"{self.source}: an array column {OTHER_SUBSCRIPTS}") from None
